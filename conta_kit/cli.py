@@ -1,0 +1,119 @@
+"""``conta-kit``: run the notebook sequence headlessly with papermill into one new run folder.
+
+    conta-kit run --preset smoke|default [-p key value ...] [--runs-root runs] [--name main]
+
+Every notebook in ``notebooks/`` (``NN_*.ipynb``, in order) is executed with the parameters
+``preset``, ``run_dir`` and the ``-p`` overrides; the executed copies, figures, ``metrics.json`` and an
+``index.html`` land in ``<runs-root>/<timestamp>_<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, RunCfg
+from .io import Run, atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _literal(text: str) -> Any:
+    """'0.75' -> 0.75, 'True' -> True, 'None' -> None, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def notebook_paths(folder: str | Path = NOTEBOOKS) -> list[Path]:
+    folder = Path(folder)
+    paths = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
+    return paths
+
+
+def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = None, *, runs_root: str | Path = "runs",
+                  name: str = "main", notebooks: str | Path = NOTEBOOKS, progress: bool = True) -> Run:
+    """Execute the notebook sequence into a new run folder and return it.
+
+    Raises:
+        ValueError: for an unknown preset or parameter (checked before anything runs).
+        RuntimeError: naming the notebook (and its executed copy) when a cell fails.
+    """
+    import papermill as pm
+
+    overrides = dict(overrides or {})
+    cfg = RunCfg.from_params(preset=preset, **overrides)  # validates every name up front
+    paths = notebook_paths(notebooks)
+    run = Run.create(name, runs_root, params={"preset": preset, "overrides": overrides, "resolved": cfg.to_dict()},
+                     seed=cfg.seed, device=cfg.device)
+    index: list[dict[str, Any]] = []
+    for nb in paths:
+        out = run.path / nb.name
+        t0 = time.perf_counter()
+        params = {"preset": preset, "run_dir": str(run.path.resolve()), **overrides}
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3", language="python",
+                                progress_bar=progress, cwd=str(nb.parent))
+        except pm.PapermillExecutionError as e:
+            index.append({"notebook": nb.name, "status": "failed", "seconds": time.perf_counter() - t0})
+            write_json(run.path / "index.json", {"notebooks": index}, overwrite=True)
+            raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                               f"executed copy: {out}") from e
+        index.append({"notebook": nb.name, "status": "ok", "seconds": round(time.perf_counter() - t0, 2)})
+    write_json(run.path / "index.json", {"notebooks": index, "figures": sorted(
+        p.name for p in run.figures.glob("*.png"))}, overwrite=True)
+    _write_html_index(run, index)
+    return run
+
+
+def _write_html_index(run: Run, index: list[dict[str, Any]]) -> None:
+    rows = "".join(f"<tr><td><a href='{html.escape(i['notebook'])}'>{html.escape(i['notebook'])}</a></td>"
+                   f"<td>{i['status']}</td><td>{i['seconds']}</td></tr>" for i in index)
+    figs = "".join(f"<figure><img src='figures/{html.escape(p.name)}' style='max-width:100%'>"
+                   f"<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+                   for p in sorted(run.figures.glob("*.png")))
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(run.path.name)}</title>"
+            f"<h1>{html.escape(run.path.name)}</h1><table border=1><tr><th>notebook</th><th>status</th>"
+            f"<th>seconds</th></tr>{rows}</table><p><a href='metrics.json'>metrics.json</a> · "
+            f"<a href='params.json'>params.json</a> · <a href='env.json'>env.json</a></p>{figs}")
+    atomic_write_text(run.path / "index.html", page, overwrite=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="conta-kit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="execute the notebook sequence into a new run folder")
+    r.add_argument("--preset", default="default", choices=PRESETS)
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override a parameter, e.g. -p cooccurrence 0.75 (repeatable)")
+    r.add_argument("--runs-root", default="runs", help="folder that receives the run folder (default: runs)")
+    r.add_argument("--name", default="main", help="run name (default: main)")
+    r.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
+    r.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {k: _literal(v) for k, v in args.param}
+    t0 = time.perf_counter()
+    try:
+        run = run_notebooks(args.preset, overrides, runs_root=args.runs_root, name=args.name,
+                            notebooks=args.notebooks, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"conta-kit: error: {e}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run.path}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"open {run.path / 'index.html'} for the figures; metrics in {run.path / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

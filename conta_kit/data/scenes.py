@@ -1,0 +1,317 @@
+"""The embedded benchmark: procedurally generated scenes whose context confounding is a dial.
+
+Scene model (see ``shared/design/benchmark.md``): the image is split into 1-3 vertical strips, one per
+object. Each object stands on a rectangular patch of *context* stuff (water, rail, grass, ...) that
+surrounds it; with probability ``cooccurrence`` (rho) that context is the class's paired context,
+otherwise one drawn uniformly from all the other contexts. A horse may carry a rider (a person that
+overlaps it) at ``rider_rate``. Everything outside the context patches is a neutral backdrop.
+
+Sample ``i`` is a pure function of ``(config, seed, split, i)``: it is drawn from its own
+``numpy.random.Generator`` seeded with that tuple, so image 10,000 needs nothing of images 0..9,999,
+and ``num_images`` does not change any sample.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_templates
+
+SPLITS = ("train", "val", "shifted", "ood")
+OOD_KINDS = ("hard", "random")
+_SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
+DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """Generator options beyond the main arguments of :class:`ConfoundedScenes`.
+
+    Attributes:
+        num_classes: number of foreground classes (1..8), taken in order from the class table.
+        num_distractors: contexts paired with no class (0..4); they only appear as "other" contexts and in
+            ``ood_kind="random"`` images.
+        objects_per_image: inclusive (min, max) number of objects (riders not counted).
+        object_size: (min, max) object height as a fraction of the image side.
+        context_margin: (min, max) margin of the context patch around an object, as a fraction of the
+            object's size.
+        rider_rate: probability that a horse carries an overlapping person (needs both classes).
+        noise: standard deviation of the additive pixel noise.
+        boundary_ignore: width in pixels of a VOC-style 255 band around every object (0 = none).
+    """
+
+    num_classes: int = 8
+    num_distractors: int = 2
+    objects_per_image: tuple[int, int] = (1, 3)
+    object_size: tuple[float, float] = (0.3, 0.55)
+    context_margin: tuple[float, float] = (0.3, 0.7)
+    rider_rate: float = 0.3
+    noise: float = 0.04
+    boundary_ignore: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_classes <= len(CLASSES):
+            raise ValueError(f"num_classes must be in 1..{len(CLASSES)}, got {self.num_classes}")
+        if not 0 <= self.num_distractors <= len(DISTRACTOR_CONTEXTS):
+            raise ValueError(f"num_distractors must be in 0..{len(DISTRACTOR_CONTEXTS)}, got {self.num_distractors}")
+        lo, hi = self.objects_per_image
+        if not 1 <= lo <= hi <= min(3, self.num_classes):
+            raise ValueError(f"objects_per_image must satisfy 1 <= min <= max <= min(3, num_classes), got {lo, hi}")
+        for name in ("object_size", "context_margin"):
+            a, b = getattr(self, name)
+            if not 0 <= a <= b:
+                raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {(a, b)}")
+        if not 0 < self.object_size[1] <= 1:
+            raise ValueError(f"object_size max must be in (0, 1], got {self.object_size[1]}")
+        if not 0.0 <= self.rider_rate <= 1.0:
+            raise ValueError(f"rider_rate must be in [0, 1], got {self.rider_rate}")
+        if self.noise < 0 or self.boundary_ignore < 0:
+            raise ValueError("noise and boundary_ignore must be >= 0")
+
+
+class ConfoundedScenes(Dataset):
+    """Confounded-scenes dataset; items are dicts of tensors.
+
+    Args:
+        split: "train", "val", "shifted" (rho at chance level: objects on random contexts) or "ood"
+            (context-only images with no object).
+        num_images: dataset length; default per split (train 2000, val/shifted/ood 500).
+        image_size: side S of the square images.
+        cooccurrence: rho, probability that an object stands on its paired context. Ignored by "shifted".
+        seed: dataset seed; splits draw from disjoint streams of it.
+        ood_kind: for split "ood": "hard" (the paired contexts of 1-3 classes, laid out as in a real scene)
+            or "random" (backdrop and unpaired distractor contexts only).
+        **options: fields of :class:`SceneOptions`.
+
+    Each item: ``image`` (3, S, S) float32 in [0, 1]; ``labels`` (C,) float32 multi-hot, equal to the set
+    of classes in ``mask``; ``mask`` (S, S) int64, 0 background, k+1 for class index k, 255 ignore;
+    ``context_mask`` (S, S) int64, the context id of each visible context pixel, -1 for backdrop and object
+    pixels; ``meta`` dict (index, seed, split, objects with class/context/bbox/rider/paired).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        num_images: int | None = None,
+        image_size: int = 96,
+        cooccurrence: float = 0.9,
+        seed: int = 0,
+        ood_kind: str = "hard",
+        **options: Any,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if ood_kind not in OOD_KINDS:
+            raise ValueError(f"ood_kind must be one of {OOD_KINDS}, got {ood_kind!r}")
+        if not 0.0 <= float(cooccurrence) <= 1.0:
+            raise ValueError(f"cooccurrence must be in [0, 1], got {cooccurrence}")
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        num_images = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
+        if not isinstance(num_images, int) or num_images < 0:
+            raise ValueError(f"num_images must be an int >= 0, got {num_images!r}")
+        self.options = SceneOptions(**options)
+        self.split, self.ood_kind = split, ood_kind
+        self.num_images, self.image_size, self.seed = num_images, image_size, int(seed)
+        self.cooccurrence = float(cooccurrence)
+
+        table = CLASSES[: self.options.num_classes]
+        self.class_names: tuple[str, ...] = tuple(c[0] for c in table)
+        self.num_classes = len(self.class_names)
+        self.context_names: tuple[str, ...] = tuple(c[1] for c in table) + DISTRACTOR_CONTEXTS[
+            : self.options.num_distractors
+        ]
+        self.num_contexts = len(self.context_names)
+        #: paired_context[k] is the context id paired with class index k (mask id k + 1).
+        self.paired_context: tuple[int, ...] = tuple(range(self.num_classes))
+        #: cooccurrence actually used by this split (chance level for "shifted").
+        self.rho = 1.0 / self.num_contexts if split == "shifted" else self.cooccurrence
+        code = _SPLIT_CODE[(split, ood_kind)] if split == "ood" else _SPLIT_CODE[split]
+        # rho is not part of the stream: the same seed gives the same layouts at every rho (only the
+        # context draws differ), so sweeps over the confounding dial compare like with like.
+        self._stream = (self.seed, code, image_size, zlib.crc32(repr(self.options).encode()))
+        tex = context_textures(image_size)
+        self._ctx_tex = [tex[n] for n in self.context_names]
+        self._backdrop, self._noise = tex["backdrop"], tex["noise"]
+        self._templates = object_templates()[: self.num_classes]
+        self._aspect = [c[2] for c in table]
+        self._colours = [np.asarray(c[3], np.float32) for c in table]
+        self._horse = self.class_names.index("horse") if "horse" in self.class_names else -1
+        self._person = self.class_names.index("person") if "person" in self.class_names else -1
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __repr__(self) -> str:
+        return (f"ConfoundedScenes(split={self.split!r}, num_images={self.num_images}, image_size={self.image_size}, "
+                f"cooccurrence={self.cooccurrence}, seed={self.seed}, rho_used={self.rho:.3f})")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self.num_images <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        index = index % self.num_images if self.num_images else index
+        image, mask, ctx, objects = self.render(index)
+        counts = np.bincount(mask.ravel(), minlength=256)[1 : self.num_classes + 1]
+        return {
+            "image": torch.from_numpy(image),
+            "labels": torch.from_numpy((counts > 0).astype(np.float32)),
+            "mask": torch.from_numpy(mask.astype(np.int64)),
+            "context_mask": torch.from_numpy(ctx.astype(np.int64)),
+            "meta": {"index": index, "seed": self.seed, "split": self.split, "objects": objects},
+        }
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Render sample ``index`` as numpy arrays: image (3,S,S) f32, mask (S,S) u8, context (S,S) i8, objects."""
+        rng = np.random.default_rng((*self._stream, index))
+        s, opt = self.image_size, self.options
+        oy, ox = rng.integers(0, s, size=2)
+        image = self._backdrop[:, oy : oy + s, ox : ox + s].copy()
+        mask = np.zeros((s, s), np.uint8)
+        ctx = np.full((s, s), -1, np.int8)
+
+        k = int(rng.integers(opt.objects_per_image[0], opt.objects_per_image[1] + 1))
+        classes = rng.choice(self.num_classes, size=k, replace=False)
+        rider = self._horse in classes and self._person >= 0 and self.split != "ood" \
+            and rng.random() < opt.rider_rate
+        if rider and self._person in classes:  # the person rides instead of standing elsewhere
+            spare = [c for c in range(self.num_classes) if c not in classes and c != self._person]
+            j = int(np.flatnonzero(classes == self._person)[0])
+            if spare:
+                classes[j] = spare[int(rng.integers(0, len(spare)))]
+            else:
+                classes = np.delete(classes, j)
+                k -= 1
+        cuts = np.sort(rng.uniform(0.15, 0.85, size=k - 1)) if k > 1 else np.empty(0)
+        edges = np.concatenate(([0.0], cuts, [1.0])) * s
+        if k > 1:  # keep strips at least S/6 wide
+            edges[1:-1] = np.maximum.accumulate(np.maximum(edges[1:-1], edges[:-2] + s / 6))
+            edges[1:-1] = np.minimum(edges[1:-1], s - s / 6 * (k - np.arange(1, k)))
+
+        objects, placed = [], []
+        for j, c in enumerate(classes):
+            c = int(c)
+            draw, other = rng.random(), int(rng.integers(0, max(self.num_contexts - 1, 1)))
+            if self.split == "ood" and self.ood_kind == "random":
+                context = self.num_classes + other % opt.num_distractors if opt.num_distractors else -1
+            elif self.split == "ood" or draw < self.rho or self.num_contexts == 1:
+                context = self.paired_context[c]
+            else:
+                context = other + (other >= self.paired_context[c])
+            x0s, x1s = int(edges[j]), int(edges[j + 1])
+            h = int(round(rng.uniform(*opt.object_size) * s))
+            w = int(round(h * self._aspect[c] * rng.uniform(0.85, 1.15)))
+            if w > (x1s - x0s) * 1.15:  # keep the object roughly inside its strip
+                h = max(6, int(h * (x1s - x0s) * 1.15 / w))
+                w = int((x1s - x0s) * 1.15)
+            h, w = max(h, 6), max(w, 6)
+            cx = rng.uniform(x0s + w / 2 - 0.1 * w, x1s - w / 2 + 0.1 * w) if x1s - x0s > w else (x0s + x1s) / 2
+            cy = rng.uniform(0.3 * s + h / 2 * 0.2, s - h / 2)
+            y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
+            margin = rng.uniform(*opt.context_margin)
+            my, mx = int(margin * h) + 2, int(margin * w) + 2
+            if context >= 0:
+                cy0, cy1 = max(y0 - my, 0), min(y0 + h + my, s)
+                cx0, cx1 = max(x0 - mx, x0s, 0), min(x0 + w + mx, x1s, s)
+                ty, tx = rng.integers(0, s, size=2)
+                image[:, cy0:cy1, cx0:cx1] = self._ctx_tex[context][:, ty + cy0 : ty + cy1, tx + cx0 : tx + cx1]
+                ctx[cy0:cy1, cx0:cx1] = context
+            flip = bool(rng.random() < 0.5)
+            objects.append({"class": c, "context": context, "bbox": (y0, x0, y0 + h, x0 + w),
+                            "rider": False, "paired": context == self.paired_context[c]})
+            placed.append((c, y0, x0, h, w, flip))
+            if c == self._horse and rider:
+                ph, pw = int(h * 1.05), max(int(h * 1.05 * 0.45), 4)
+                py0 = y0 + int(0.55 * h) - ph  # legs overlap the horse's back
+                px0 = x0 + int(w * rng.uniform(0.25, 0.55)) - pw // 2
+                objects.append({"class": self._person, "context": -1, "bbox": (py0, px0, py0 + ph, px0 + pw),
+                                "rider": True, "paired": False})
+                placed.append((self._person, py0, px0, ph, pw, False))
+
+        if self.split != "ood":
+            for c, y0, x0, h, w, flip in placed:
+                self._paint_object(rng, image, mask, ctx, c, y0, x0, h, w, flip)
+            if opt.boundary_ignore:
+                _ignore_band(mask, opt.boundary_ignore)
+
+        ny, nx = rng.integers(0, s, size=2)
+        gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
+        image *= gain
+        image += bias
+        image += opt.noise * self._noise[:, ny : ny + s, nx : nx + s]
+        np.clip(image, 0.0, 1.0, out=image)
+        return image, mask, ctx, objects
+
+    def _paint_object(self, rng, image, mask, ctx, c, y0, x0, h, w, flip) -> None:
+        s = self.image_size
+        ys, xs = max(y0, 0), max(x0, 0)
+        ye, xe = min(y0 + h, s), min(x0 + w, s)
+        if ye <= ys or xe <= xs:
+            return
+        iy = ((np.arange(ys, ye) - y0) * TEMPLATE_SIZE) // h
+        ix = ((np.arange(xs, xe) - x0) * TEMPLATE_SIZE) // w
+        if flip:
+            ix = TEMPLATE_SIZE - 1 - ix
+        shade = self._templates[c][iy[:, None], ix[None, :]]
+        inside = shade > 0
+        family = self._colours[c]
+        colour = family[rng.integers(0, len(family))] + rng.uniform(-0.07, 0.07, size=3).astype(np.float32)
+        np.copyto(image[:, ys:ye, xs:xe], colour[:, None, None] * shade[None], where=inside[None])
+        mask[ys:ye, xs:xe][inside] = c + 1
+        ctx[ys:ye, xs:xe][inside] = -1
+
+
+def _ignore_band(mask: np.ndarray, width: int) -> None:
+    """Set pixels within ``width`` of a label change (object boundaries) to 255, in place."""
+    edge = np.zeros(mask.shape, bool)
+    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    edge[:, :-1] |= mask[:, 1:] != mask[:, :-1]
+    edge[1:, :] |= mask[1:, :] != mask[:-1, :]
+    edge[:-1, :] |= mask[1:, :] != mask[:-1, :]
+    band = edge.copy()
+    for _ in range(width - 1):
+        grown = band.copy()
+        grown[1:] |= band[:-1]
+        grown[:-1] |= band[1:]
+        grown[:, 1:] |= band[:, :-1]
+        grown[:, :-1] |= band[:, 1:]
+        band = grown
+    mask[band] = 255
+
+
+def scene_splits(data_cfg: Any, seed: int = 0, splits: tuple[str, ...] = SPLITS) -> dict[str, ConfoundedScenes]:
+    """The benchmark's splits for a :class:`~conta_kit.config.DataCfg` (``ood`` is the hard kind;
+    ``ood_random`` is added when "ood" is asked for)."""
+    out: dict[str, ConfoundedScenes] = {}
+    for split in splits:
+        n = getattr(data_cfg, f"num_{split}")
+        kw = dict(num_images=n, image_size=data_cfg.image_size, cooccurrence=data_cfg.cooccurrence, seed=seed,
+                  rider_rate=data_cfg.rider_rate)
+        out[split] = ConfoundedScenes(split, **kw)
+        if split == "ood":
+            out["ood_random"] = ConfoundedScenes(split, ood_kind="random", **kw)
+    return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors of a list of items; ``meta`` stays a list (its lengths vary per image)."""
+    if not items:
+        raise ValueError("collate needs at least one item")
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot stack {key!r}: items have different shapes {sorted(shapes)}; "
+                                 "resize or crop them to one size first")
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
+    return out

@@ -1,0 +1,180 @@
+"""Run folders and atomic artifact writes.
+
+A run lives in ``<root>/<YYYYmmdd-HHMMSS>_<name>/`` with ``params.json`` (the resolved parameters),
+``env.json`` (library versions, seed, device, git commit), ``metrics.json`` and ``figures/``. A new run
+never reuses an existing folder, and every file is written to a temporary sibling first and then renamed
+into place, so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_TRACKED = ("torch", "torchvision", "numpy", "captum", "papermill", "matplotlib", "seaborn", "pillow", "conta_kit")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    Raises:
+        FileExistsError: if ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy values, paths and tuples to JSON types; NaN and inf become None."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # torch / numpy arrays and scalars
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj: Any, *, overwrite: bool = False) -> Path:
+    """Atomically write ``obj`` as strict JSON (see :func:`to_jsonable`)."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_text(path, text + "\n", overwrite=overwrite)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (with ``-dirty`` when the tree has changes), or None outside a repository."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Library versions, Python, platform, seed, device and git commit, as a JSON-ready dict."""
+    versions = {}
+    for name in _TRACKED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                            "versions": versions, "seed": seed, "device": device, "git_commit": git_commit()}
+    try:
+        import torch
+
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+class Run:
+    """A run folder. Create a new one with :meth:`create`, open an existing one with ``Run(path)``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run folder {self.path} does not exist")
+        self.figures = self.path / "figures"
+
+    @classmethod
+    def create(cls, name: str, root: str | Path = "runs", *, params: dict[str, Any] | None = None,
+               seed: int | None = None, device: str | None = None) -> Run:
+        """Make ``<root>/<timestamp>_<name>/`` (a suffix is added rather than reuse a folder)."""
+        if not name or any(c in name for c in "/\\") or name.startswith("."):
+            raise ValueError(f"run name must be a plain folder name, got {name!r}")
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for n in range(1000):
+            path = root / (f"{stamp}_{name}" + (f"-{n}" if n else ""))
+            try:
+                path.mkdir()  # exclusive: fails if the folder exists
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover
+            raise RuntimeError(f"could not create a new run folder under {root}")
+        run = cls(path)
+        run.figures.mkdir()
+        write_json(path / "params.json", params or {})
+        write_json(path / "env.json", environment(seed=seed, device=device))
+        write_json(path / "metrics.json", {})
+        return run
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return read_json(self.path / "params.json")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.path / "metrics.json"
+        return read_json(p) if p.exists() else {}
+
+    def log_metrics(self, section: str, values: dict[str, Any]) -> None:
+        """Set ``metrics[section] = values`` in metrics.json (atomic read-modify-write)."""
+        metrics = self.metrics
+        metrics[section] = values
+        write_json(self.path / "metrics.json", metrics, overwrite=True)
+
+    def save_figure(self, fig: Any, name: str, *, dpi: int = 110) -> Path:
+        """Save a matplotlib Figure as ``figures/<name>.png`` atomically; refuses to overwrite."""
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        return atomic_write_bytes(self.figures / f"{name}.png", buf.getvalue())
+
+
+def open_run(run_dir: str | Path | None, name: str, *, root: str | Path = "runs",
+             params: dict[str, Any] | None = None, seed: int | None = None, device: str | None = None) -> Run:
+    """The run a notebook writes into: ``run_dir`` if given (it must exist), else a new run named ``name``."""
+    if run_dir:
+        return Run(run_dir)
+    return Run.create(name, root, params=params, seed=seed, device=device)
