@@ -89,6 +89,27 @@ def _write_html_index(run: Run, index: list[dict[str, Any]]) -> None:
     atomic_write_text(run.path / "index.html", page, overwrite=True)
 
 
+def _baseline(args: argparse.Namespace) -> int:
+    from .pipeline import run_baseline
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {k: _literal(v) for k, v in args.param}
+        cfg = RunCfg.from_params(preset=args.preset, **overrides)
+        run = Run(args.resume) if args.resume else Run.create(
+            "baseline", args.runs_root, params={"preset": args.preset, "overrides": overrides,
+                                                "resolved": cfg.to_dict()}, seed=cfg.seed, device=cfg.device)
+        m = run_baseline(cfg, run, progress=not args.no_progress, resume=bool(args.resume))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"conta-kit: error: {e}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run.path}")
+    print(f"seed mIoU {m['seed']['miou_fixed']:.3f} (best-on-val threshold: {m['seed']['miou_best']:.3f}), "
+          f"pseudo-mask mIoU {m['pseudo']['miou']:.3f}, segmentation mIoU {m['segmentation']['miou']:.3f}, "
+          f"{m['timing']['total_s']:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="conta-kit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--name", default="main", help="run name (default: main)")
     r.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
     r.add_argument("--no-progress", action="store_true")
+    bl = sub.add_parser("baseline", help="run the baseline pipeline (CONTA round 0) into a run folder")
+    bl.add_argument("--preset", default="default", choices=PRESETS)
+    bl.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    bl.add_argument("--runs-root", default="runs")
+    bl.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped baseline run in RUN_DIR")
+    bl.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "baseline":
+        return _baseline(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: _literal(v) for k, v in args.param}
     t0 = time.perf_counter()

@@ -41,6 +41,43 @@ class DataCfg:
 
 
 @dataclass(frozen=True)
+class BaselineCfg:
+    """Round 0 of CONTA: the CAM -> pseudo-mask -> segmentation pipeline (IRNet-style, without IRN).
+
+    Attributes:
+        backbone: classifier backbone ("tiny" on CPU; "resnet50" for VOC/COCO on a GPU).
+        pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
+        cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
+        cam_scales, cam_flip: CAM inference (IRNet: scales 1.0, 0.5, 1.5, 2.0 with flips; the CPU default
+            drops 2.0, which alone costs more than the other three together).
+        bg_threshold: fixed background threshold for seed mIoU (IRNet's cam_eval_thres 0.15).
+        threshold_grid: thresholds swept on val to choose the best one (never on the scored split).
+        conf_fg, conf_bg: IRNet's confident fore/background thresholds for the pseudo-masks (0.30 / 0.05).
+        segmenter, seg_epochs, seg_batch_size, seg_lr, seg_optimizer: segmentation model training.
+        eval_batch_size: batch size for CAM and mask inference.
+    """
+
+    backbone: str = "tiny"
+    pretrained: str | None = None
+    cls_epochs: int = 6
+    cls_batch_size: int = 32
+    cls_lr: float = 0.05
+    cls_optimizer: str = "sgd"
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # CPU preset; IRNet adds 2.0 (4x the pixels of 1.0)
+    cam_flip: bool = True
+    bg_threshold: float = 0.15
+    threshold_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 16))
+    conf_fg: float = 0.30
+    conf_bg: float = 0.05
+    segmenter: str = "tiny"
+    seg_epochs: int = 6
+    seg_batch_size: int = 32
+    seg_lr: float = 0.05
+    seg_optimizer: str = "sgd"
+    eval_batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class RunCfg:
     """Everything one run of the kit needs.
 
@@ -48,13 +85,24 @@ class RunCfg:
         preset: "smoke" (seconds, for tests) or "default" (the CPU benchmark).
         seed: the run's seed (datasets and, later, training).
         device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
-        data: :class:`DataCfg`.
+        data_source: "scenes" (embedded benchmark), "voc" or "coco" (from ``data_root``).
+        data_root: dataset folder for "voc"/"coco".
+        data: :class:`DataCfg`. baseline: :class:`BaselineCfg`.
     """
 
     preset: str = "default"
     seed: int = 0
     device: str = "auto"
+    data_source: str = "scenes"
+    data_root: str | None = None
     data: DataCfg = field(default_factory=DataCfg)
+    baseline: BaselineCfg = field(default_factory=BaselineCfg)
+
+    def __post_init__(self) -> None:
+        if self.data_source not in ("scenes", "voc", "coco"):
+            raise ValueError(f"data_source must be 'scenes', 'voc' or 'coco', got {self.data_source!r}")
+        if self.data_source != "scenes" and not self.data_root:
+            raise ValueError(f"data_source={self.data_source!r} needs data_root (the dataset folder)")
 
     @property
     def smoke(self) -> bool:
@@ -66,26 +114,34 @@ class RunCfg:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         if preset == "smoke":
             return cls(preset="smoke", data=DataCfg(image_size=64, num_train=96, num_val=48, num_shifted=48,
-                                                    num_ood=48))
+                                                    num_ood=48),
+                       baseline=BaselineCfg(cls_epochs=1, seg_epochs=1, cam_scales=(1.0, 0.5), cls_batch_size=16,
+                                            seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)))
         return cls()
 
     @classmethod
     def from_params(cls, preset: str = "default", **params: Any) -> RunCfg:
         """Build from a preset and flat overrides; ``None`` values keep the preset's value."""
         cfg = cls.preset_cfg(preset)
-        top = {f.name for f in fields(cls)} - {"data"}
-        data_names = {f.name for f in fields(DataCfg)}
-        top_kw, data_kw = {}, {}
+        subs = {f.name: {g.name for g in fields(getattr(cfg, f.name))} for f in fields(cls)
+                if dataclasses.is_dataclass(getattr(cfg, f.name))}
+        top = {f.name for f in fields(cls)} - set(subs)
+        kw: dict[str, dict[str, Any]] = {name: {} for name in subs}
+        top_kw = {}
         for k, v in params.items():
             if v is None:
                 continue
+            if isinstance(v, list):
+                v = tuple(v)
+            owner = next((name for name, names in subs.items() if k in names), None)
             if k in top:
                 top_kw[k] = v
-            elif k in data_names:
-                data_kw[k] = v
+            elif owner is not None:
+                kw[owner][k] = v
             else:
-                raise ValueError(f"unknown parameter {k!r}; known: {sorted(top | data_names)}")
-        return replace(cfg, data=replace(cfg.data, **data_kw), **top_kw)
+                known = sorted(top.union(*subs.values()))
+                raise ValueError(f"unknown parameter {k!r}; known: {known}")
+        return replace(cfg, **{name: replace(getattr(cfg, name), **kw[name]) for name in subs}, **top_kw)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

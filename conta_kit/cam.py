@@ -1,0 +1,122 @@
+r"""Class activation maps.
+
+Analytic CAM (no hooks): for a classifier with ``features(x)`` (B, D, h, w) and a bias-free 1x1 ``head``
+(C, D, 1, 1), :math:`\mathrm{CAM}_k = \mathrm{ReLU}(\sum_d w_{kd} F_d)`. :func:`compute_cams` follows IRNet's
+``make_cam``: every scale of the batch is run together with its horizontal flip, each CAM is un-flipped,
+resized bilinearly (``align_corners=False``) to the input size ("high_res") and to a stride-4 size
+("strided", ceil(H/4) x ceil(W/4)), summed over scales and flips, kept for the image's classes only, and
+divided by its own spatial max + 1e-5. One difference: IRNet resizes high_res to a multiple of 16 and
+crops; the kit resizes to H x W directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore its previous train/eval state on exit, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _check(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if labels.dim() != 2 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must be (B, C) with B = {images.shape[0]} (images), got {tuple(labels.shape)}")
+    c = model.head.weight.shape[0]
+    if labels.shape[1] != c:
+        raise ValueError(f"labels have {labels.shape[1]} classes but the model's head has {c}")
+
+
+def cam_from_features(features: torch.Tensor, head_weight: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) features and (C, D[, 1, 1]) head weights -> ReLU CAM (B, C, h, w)."""
+    w = head_weight.reshape(head_weight.shape[0], -1)
+    if w.shape[1] != features.shape[1]:
+        raise ValueError(f"head expects {w.shape[1]} channels, features have {features.shape[1]}")
+    return F.relu(torch.einsum("bdhw,cd->bchw", features, w.to(features.dtype)))
+
+
+def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Zero absent classes and divide each (image, class) map by its spatial max + eps. (B, C, H, W)."""
+    if cams.dim() != 4:
+        raise ValueError(f"cams must be (B, C, H, W), got shape {tuple(cams.shape)}")
+    if labels is not None:
+        cams = cams * (labels > 0).to(cams.dtype)[:, :, None, None]
+    return cams / (cams.amax(dim=(2, 3), keepdim=True) + eps)
+
+
+@torch.no_grad()
+def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                 return_strided: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale, flip-averaged, normalised CAMs.
+
+    Args:
+        model: exposes ``features(x)`` and ``head`` (a 1x1 conv without bias).
+        images: (B, 3, H, W) in [0, 1]. labels: (B, C) multi-hot; absent classes get zero maps.
+        scales: input scales; flip: add the horizontal flip of every scale.
+        return_strided: also return the (B, C, ceil(H/4), ceil(W/4)) map.
+
+    Returns:
+        (B, C, H, W) float in [0, 1] (and the strided map when asked).
+    """
+    _check(model, images, labels)
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive, got {tuple(scales)}")
+    b, _, h, w = images.shape
+    strided = (math.ceil(h / 4), math.ceil(w / 4))
+    high = torch.zeros(b, labels.shape[1], h, w, device=images.device)
+    low = torch.zeros(b, labels.shape[1], *strided, device=images.device)
+    with eval_mode(model):
+        for s in scales:
+            x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False,
+                                                      recompute_scale_factor=False)
+            if flip:
+                x = torch.cat([x, x.flip(-1)])
+            cam = cam_from_features(model.features(x), model.head.weight).float()
+            if flip:
+                cam = cam[:b] + cam[b:].flip(-1)
+            high += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+            low += F.interpolate(cam, size=strided, mode="bilinear", align_corners=False)
+    high = normalize_cams(high, labels)
+    return (high, normalize_cams(low, labels)) if return_strided else high
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             layer: nn.Module | None = None) -> torch.Tensor:
+    """Grad-CAM through captum's ``LayerGradCam`` for any classifier: (B, C, H, W) normalised, absent = 0.
+
+    ``layer`` defaults to the last stage of ``model.backbone``. Hooks are released and the train/eval mode
+    restored even when the forward pass fails.
+    """
+    from captum.attr import LayerGradCam
+
+    _check(model, images, labels)
+    if layer is None:
+        layer = getattr(model.backbone, model.backbone.stages[-1])
+    b, _, h, w = images.shape
+    out = torch.zeros(b, labels.shape[1], h, w, device=images.device)
+    with eval_mode(model):
+        gc = LayerGradCam(model, layer)
+        for k in range(labels.shape[1]):
+            rows = torch.nonzero(labels[:, k] > 0).flatten()
+            if rows.numel() == 0:
+                continue
+            attr = gc.attribute(images[rows], target=k, relu_attributions=True)  # (n, 1, h', w')
+            out[rows, k] = F.interpolate(attr.detach().float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    out = out.clamp_min(0)
+    out = out / out.amax(dim=(2, 3), keepdim=True).clamp_min(1e-30)  # Grad-CAM values can be far below eps
+    return normalize_cams(out, labels)

@@ -1,0 +1,101 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from conta_kit.models import build_classifier, build_segmenter, load_checkpoint
+from conta_kit.train import save_checkpoint
+
+
+def test_tiny_classifier_shapes():
+    m = build_classifier("tiny", 5)
+    x = torch.rand(2, 3, 64, 48)
+    assert m.features(x).shape == (2, m.backbone.out_channels, 8, 6)
+    assert m(x).shape == (2, 5)
+    assert m.head.bias is None and m.head.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("os_, size", [(16, 4), (8, 8)])
+def test_resnet50_output_stride(os_, size):
+    m = build_classifier("resnet50", 20, output_stride=os_)
+    assert m.features(torch.rand(1, 3, 64, 64)).shape == (1, 2048, size, size)
+
+
+def test_resnet18_and_undilated_strides():
+    m = build_classifier("resnet18", 3, output_stride=16)
+    assert m.features(torch.rand(1, 3, 64, 64)).shape == (1, 512, 4, 4)
+    m = build_classifier("resnet50", 3, output_stride=16, dilate=False)  # IRNet: stride dropped, no dilation
+    assert m.features(torch.rand(1, 3, 64, 64)).shape == (1, 2048, 4, 4)
+    assert m.backbone.layer4[1].conv2.dilation == (1, 1)
+
+
+def test_irnet_options_keep_module_contract():
+    m = build_classifier("resnet18", 3)
+    m.train()
+    bns = [mod for mod in m.backbone.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert m.training and all(not bn.training for bn in bns)  # frozen statistics, module still in train mode
+    m.eval()
+    assert not m.training
+    assert all(not p.requires_grad for p in m.backbone.stem.parameters())
+    m.train()
+    m(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in m.backbone.layer1.parameters())  # output of layer2 is detached
+    assert all(p.grad is None for p in m.backbone.layer2.parameters())
+    assert any(p.grad is not None for p in m.backbone.layer3.parameters())
+    groups = m.param_groups()
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0] and groups[1]["params"][0] is m.head.weight
+
+
+def test_pretrained_from_local_file(tmp_path):
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    m = build_classifier("resnet18", 4, pretrained=tmp_path / "r18.pth")
+    assert torch.equal(m.backbone.stem[0].weight, ref.conv1.weight)
+    assert torch.equal(m.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match="r50.pth does not fit a resnet18"):
+        build_classifier("resnet18", 4, pretrained=tmp_path / "r50.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_classifier("resnet18", 4, pretrained=tmp_path / "nope.pth")
+
+
+def test_imagenet_offline_error_names_local_file_option(monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match=r"pretrained='/path/to/resnet50-.*\.pth'"):
+        build_classifier("resnet50", 20, pretrained="imagenet")
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    save_checkpoint(tmp_path / "tiny.pt", build_classifier("tiny", 3))
+    with pytest.raises(ValueError, match=r"tiny\.pt does not fit Classifier"):
+        load_checkpoint(build_classifier("resnet18", 3), tmp_path / "tiny.pt")
+    other = build_classifier("tiny", 3)
+    load_checkpoint(other, tmp_path / "tiny.pt")
+
+
+def test_checkpoint_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
+        load_checkpoint(build_classifier("tiny", 3), tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("name", ["tiny", "deeplabv3_resnet50"])
+def test_segmenters(name):
+    m = build_segmenter(name, 4).eval()
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 48, 40)).shape == (1, 5, 48, 40)
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        build_classifier("vgg", 3)
+    with pytest.raises(ValueError, match="segmenter must be one of"):
+        build_segmenter("unet", 3)

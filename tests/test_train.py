@@ -1,0 +1,109 @@
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from conta_kit.data import collate
+from conta_kit.train import TrainCfg, fit, make_optimizer, multilabel_loss, poly_lr
+
+
+class Toy(Dataset):
+    """Linearly separable multi-label toy data."""
+
+    def __init__(self, n=64):
+        g = torch.Generator().manual_seed(0)
+        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
+        self.x = torch.rand(n, 3, 8, 8, generator=g) * 0.5 + self.y[:, :, None, None] * 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "labels": self.y[i]}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.conv(x)).mean(dim=(2, 3))))
+
+
+def test_poly_schedule_values():
+    assert poly_lr(0.1, 0, 100) == pytest.approx(0.1)
+    assert poly_lr(0.1, 50, 100, power=0.9) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(0.1, 100, 100) == 0.0
+    with pytest.raises(ValueError):
+        poly_lr(0.1, 0, 0)
+
+
+def test_sgd_gets_keyword_arguments():
+    opt = make_optimizer(Net(), TrainCfg(lr=0.1, momentum=0.9, weight_decay=1e-4))
+    g = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD) and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4
+
+
+def test_fit_lowers_loss_and_follows_the_schedule():
+    torch.manual_seed(0)
+    net = Net()
+    hist = fit(net, Toy(), multilabel_loss, TrainCfg(epochs=6, batch_size=16, lr=0.5), progress=False)
+    assert hist[-1]["loss"] < hist[0]["loss"] * 0.8
+    assert hist[-1]["lr_end"] == pytest.approx(poly_lr(0.5, 6 * 4 - 1, 6 * 4))
+    assert not net.training
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    cfg = TrainCfg(epochs=3, batch_size=16, lr=0.3, seed=5)
+    torch.manual_seed(1)
+    straight = Net()
+    fit(straight, Toy(), multilabel_loss, cfg, ckpt_dir=tmp_path / "a", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_2(model, epoch):
+        if epoch == 1:  # the hook runs before epoch 2's checkpoint is written: the run stops after epoch 1's
+            raise Stop
+        return {}
+
+    torch.manual_seed(1)
+    stopped = Net()
+    with pytest.raises(Stop):
+        fit(stopped, Toy(), multilabel_loss, cfg, ckpt_dir=tmp_path / "b", progress=False, val_fn=stop_in_epoch_2)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 0
+    resumed = Net()  # fresh weights: everything must come from the checkpoint
+    hist = fit(resumed, Toy(), multilabel_loss, cfg, ckpt_dir=tmp_path / "b", resume=True, progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    cfg = TrainCfg(epochs=3, batch_size=16, lr=0.1)
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        value = multilabel_loss(model, batch)
+        return value * float("nan") if calls["n"] > 5 else value
+
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 2.*last\.pt"):
+        fit(Net(), Toy(), loss, cfg, ckpt_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainCfg(optimizer="lamb")
+    with pytest.raises(ValueError, match="empty"):
+        fit(Net(), Toy(0), multilabel_loss, TrainCfg(), progress=False)
+
+
+def test_collate_fn_is_used():
+    hist = fit(Net(), Toy(16), multilabel_loss, TrainCfg(epochs=1, batch_size=8), collate_fn=collate, progress=False)
+    assert len(hist) == 1
