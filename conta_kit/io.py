@@ -51,6 +51,17 @@ def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
+def atomic_torch_save(path: str | Path, obj: Any, *, overwrite: bool = True) -> Path:
+    """``torch.save`` through :func:`atomic_write_bytes` (checkpoints and tensor artifacts)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert tensors, numpy values, paths and tuples to JSON types; NaN and inf become None."""
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # torch / numpy arrays and scalars

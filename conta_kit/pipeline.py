@@ -22,7 +22,7 @@ from .cam import compute_cams
 from .config import RunCfg, resolve_device
 from .data import COCOSegmentation, ConfoundedScenes, VOCSegmentation, collate
 from .data.scenes import scene_splits
-from .io import Run, atomic_write_bytes
+from .io import Run, atomic_torch_save
 from .metrics import BoundaryFScore, ConfusionMatrix, ContextLeakage, multilabel_map
 from .models import build_classifier, build_segmenter
 from .pseudo import cams_to_labels, cams_to_pseudo_masks
@@ -154,14 +154,6 @@ def evaluate_segmenter(model: torch.nn.Module, dataset: Dataset, batch_size: int
     return out
 
 
-def _save_artifact(run: Run, name: str, obj: Any) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(run.path / "artifacts" / name, buf.getvalue(), overwrite=True)
-
-
 def run_baseline(cfg: RunCfg, run: Run, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run round 0 end to end into ``run`` and return (and log) ``metrics["baseline"]``."""
     b, device = cfg.baseline, torch.device(resolve_device(cfg.device))
@@ -189,10 +181,12 @@ def run_baseline(cfg: RunCfg, run: Run, *, progress: bool = True, resume: bool =
     cls_scores = {"val_map": multilabel_map(val_eval["scores"], val_eval["targets"])["map"],
                   "train_map": multilabel_map(tr["scores"], tr["targets"])["map"]}
     if "shifted" in splits:
-        sh = torch.cat([torch.sigmoid(clf(bt["image"]).float()).cpu() for bt in
-                        _batches(splits["shifted"], b.eval_batch_size, device, "shifted", False)])
-        sh_t = torch.stack([splits["shifted"][i]["labels"] for i in range(len(splits["shifted"]))])
-        cls_scores["shifted_map"] = multilabel_map(sh, sh_t)["map"]
+        sh, sh_t = [], []
+        with torch.no_grad():
+            for bt in _batches(splits["shifted"], b.eval_batch_size, device, "shifted", False):
+                sh.append(torch.sigmoid(clf(bt["image"]).float()).cpu())
+                sh_t.append(bt["labels"].cpu())
+        cls_scores["shifted_map"] = multilabel_map(torch.cat(sh), torch.cat(sh_t))["map"]
         cls_scores["context_reliance"] = cls_scores["val_map"] - cls_scores["shifted_map"]
     seed = {
         "fixed_threshold": b.bg_threshold, "miou_fixed": tr["cms"][b.bg_threshold].compute()["miou"],
@@ -203,7 +197,7 @@ def run_baseline(cfg: RunCfg, run: Run, *, progress: bool = True, resume: bool =
     if paired is not None:
         seed["cam_leakage"] = tr["leakage"]["cam_leakage"]
         seed["cam_leakage_per_class"] = tr["leakage"]["cam_leakage_per_class"]
-    _save_artifact(run, "pseudo_masks.pt", tr["pseudo"])
+    atomic_torch_save(run.path / "artifacts" / "pseudo_masks.pt", tr["pseudo"])
 
     t2 = time.perf_counter()
     seg = build_segmenter(b.segmenter, train.num_classes)

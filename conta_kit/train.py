@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .io import atomic_write_bytes
+from .io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
@@ -104,12 +103,10 @@ def _autocast(device: torch.device, amp: str):
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     **extra: Any) -> Path:
     """Atomically write ``{"model": state_dict, "optimizer": ..., **extra}`` (loadable with weights_only)."""
-    buf = io.BytesIO()
     state = {"model": model.state_dict(), **extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue(), overwrite=True)
+    return atomic_torch_save(path, state)
 
 
 def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, device: str | torch.device = "cpu",
@@ -165,8 +162,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += float(loss.detach()) * len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
-            n += len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+            size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+            running += float(loss.detach()) * size
+            n += size
             bar.set_postfix(loss=f"{running / n:.4f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr_end": opt.param_groups[0]["lr"]}
         if val_fn is not None:
