@@ -61,38 +61,73 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, eps: 
 @torch.no_grad()
 def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
-                 return_strided: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 return_strided: bool = False, x_m: torch.Tensor | None = None,
+                 m_term: bool | str = True) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Multi-scale, flip-averaged, normalised CAMs.
 
     Args:
-        model: exposes ``features(x)`` and ``head`` (a 1x1 conv without bias).
+        model: exposes ``features(x)`` (or ``features(x, x_m, m_term)``) and ``head`` (a 1x1 conv, no bias).
         images: (B, 3, H, W) in [0, 1]. labels: (B, C) multi-hot; absent classes get zero maps.
         scales: input scales; flip: add the horizontal flip of every scale.
         return_strided: also return the (B, C, ceil(H/4), ceil(W/4)) map.
+        x_m: (B, H', W') masks for a :class:`~conta_kit.conta.ContaClassifier`; every view gets x_m resized
+            and flipped exactly like its image, so M follows the image.
+        m_term: True (the adjusted classifier's CAM), False (M = 0: the diagnostic CAM without the M term)
+            or "both" (returns the CAMs with and without it, in that order).
 
     Returns:
-        (B, C, H, W) float in [0, 1] (and the strided map when asked).
+        (B, C, H, W) float in [0, 1]; then the strided map when asked; with ``m_term="both"`` a tuple
+        (cams, [strided,] cams_without_m, [strided_without_m]).
     """
     _check(model, images, labels)
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales must be positive, got {tuple(scales)}")
+    if m_term not in (True, False, "both"):
+        raise ValueError(f"m_term must be True, False or 'both', got {m_term!r}")
+    if x_m is None and m_term is not True:
+        raise ValueError("m_term=False/'both' needs x_m (only a ContaClassifier has an M term)")
+    if x_m is not None and (x_m.dim() != 3 or x_m.shape[0] != images.shape[0]):
+        raise ValueError(f"x_m must be (B, H, W) with B = {images.shape[0]}, got {tuple(x_m.shape)}")
     b, _, h, w = images.shape
     strided = (math.ceil(h / 4), math.ceil(w / 4))
-    high = torch.zeros(b, labels.shape[1], h, w, device=images.device)
-    low = torch.zeros(b, labels.shape[1], *strided, device=images.device)
+    terms = (True, False) if m_term == "both" else (bool(m_term),)
+    weight = model.head.weight
+    one_pass = x_m is not None and getattr(model, "fusion", None) == "last"  # M is the last channel: drop it
+    high = [torch.zeros(b, labels.shape[1], h, w, device=images.device) for _ in terms]
+    low = [torch.zeros(b, labels.shape[1], *strided, device=images.device) for _ in terms]
     with eval_mode(model):
         for s in scales:
             x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False,
                                                       recompute_scale_factor=False)
+            xm = None
+            if x_m is not None:
+                xm = F.interpolate(x_m[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             if flip:
                 x = torch.cat([x, x.flip(-1)])
-            cam = cam_from_features(model.features(x), model.head.weight).float()
-            if flip:
-                cam = cam[:b] + cam[b:].flip(-1)
-            high += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-            low += F.interpolate(cam, size=strided, mode="bilinear", align_corners=False)
-    high = normalize_cams(high, labels)
-    return (high, normalize_cams(low, labels)) if return_strided else high
+                xm = None if xm is None else torch.cat([xm, xm.flip(-1)])
+            feats = {}
+            if x_m is None:
+                feats[True] = model.features(x)
+            elif one_pass:
+                feats[True] = model.features(x, xm, True)
+            else:
+                feats = {t: model.features(x, xm, t) for t in terms}
+            for j, t in enumerate(terms):
+                if t in feats:
+                    cam = cam_from_features(feats[t], weight)
+                else:  # one pass, M = 0: the M channel's contribution is dropped from the same features
+                    cam = cam_from_features(feats[True][:, :-1], weight[:, :-1])
+                cam = cam.float()
+                if flip:
+                    cam = cam[:b] + cam[b:].flip(-1)
+                high[j] += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+                low[j] += F.interpolate(cam, size=strided, mode="bilinear", align_corners=False)
+    out: list[torch.Tensor] = []
+    for j in range(len(terms)):
+        out.append(normalize_cams(high[j], labels))
+        if return_strided:
+            out.append(normalize_cams(low[j], labels))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -1,6 +1,8 @@
 """``conta-kit``: run the notebook sequence headlessly with papermill into one new run folder.
 
     conta-kit run --preset smoke|default [-p key value ...] [--runs-root runs] [--name main]
+    conta-kit baseline --preset default [-p key value ...] [--resume RUN_DIR]
+    conta-kit conta --preset default --seeds 0 1 2 [-p rounds 3 ...] [--jobs 2] [--resume RUN_DIR]
 
 Every notebook in ``notebooks/`` (``NN_*.ipynb``, in order) is executed with the parameters
 ``preset``, ``run_dir`` and the ``-p`` overrides; the executed copies, figures, ``metrics.json`` and an
@@ -110,6 +112,36 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conta(args: argparse.Namespace) -> int:
+    from .rounds import run_seeds, summary_table
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.resume:  # the stopped run's own settings, not the command line's
+            run = Run(args.resume)
+            p = run.params
+            if "seeds" not in p:
+                raise ValueError(f"{run.path} is not a `conta-kit conta` run (params.json has no seeds)")
+            preset, overrides, seeds, round0 = p["preset"], p["overrides"], p["seeds"], p.get("round0_from")
+            cfg = RunCfg.from_params(preset=preset, **overrides)
+        else:
+            overrides, seeds, round0 = {k: _literal(v) for k, v in args.param}, args.seeds, args.round0_from
+            cfg = RunCfg.from_params(preset=args.preset, **overrides)
+            run = Run.create(args.name, args.runs_root, params={"preset": args.preset, "overrides": overrides,
+                                                                "seeds": seeds, "round0_from": round0,
+                                                                "resolved": cfg.to_dict()},
+                             seed=cfg.seed, device=cfg.device)
+        t0 = time.perf_counter()
+        summary = run_seeds(cfg, run, seeds, jobs=args.jobs, progress=not args.no_progress,
+                            round0_from=round0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"conta-kit: error: {e}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run.path}  ({time.perf_counter() - t0:.0f} s)")
+    print(summary_table(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="conta-kit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,9 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     bl.add_argument("--runs-root", default="runs")
     bl.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped baseline run in RUN_DIR")
     bl.add_argument("--no-progress", action="store_true")
+    co = sub.add_parser("conta", help="CONTA rounds 0..T (round 0 = baseline) over seeds, with a mean/std summary")
+    co.add_argument("--preset", default="default", choices=PRESETS)
+    co.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="override a parameter, e.g. -p rounds 3 -p fusion input (repeatable)")
+    co.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    co.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (default 1)")
+    co.add_argument("--runs-root", default="runs")
+    co.add_argument("--name", default="conta")
+    co.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
+    co.add_argument("--round0-from", metavar="RUN_DIR", help="reuse round 0 (the baseline) of RUN_DIR's seeds "
+                    "(same seed, data and baseline settings), e.g. to ablate CONTA's options")
+    co.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "baseline":
         return _baseline(args)
+    if args.command == "conta":
+        return _conta(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: _literal(v) for k, v in args.param}
     t0 = time.perf_counter()

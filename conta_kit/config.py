@@ -48,6 +48,8 @@ class BaselineCfg:
         backbone: classifier backbone ("tiny" on CPU; "resnet50" for VOC/COCO on a GPU).
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
+        aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
+            (IRNet: long side 320-640, crop 512); x_m gets exactly the same geometry. Off on the benchmark.
         cam_scales, cam_flip: CAM inference (IRNet: scales 1.0, 0.5, 1.5, 2.0 with flips; the CPU default
             drops 2.0, which alone costs more than the other three together).
         bg_threshold: fixed background threshold for seed mIoU (IRNet's cam_eval_thres 0.15).
@@ -63,6 +65,8 @@ class BaselineCfg:
     cls_batch_size: int = 32
     cls_lr: float = 0.05
     cls_optimizer: str = "sgd"
+    aug_scale: tuple[float, float] = (1.0, 1.0)
+    aug_crop: int | None = None
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # CPU preset; IRNet adds 2.0 (4x the pixels of 1.0)
     cam_flip: bool = True
     bg_threshold: float = 0.15
@@ -78,6 +82,49 @@ class BaselineCfg:
 
 
 @dataclass(frozen=True)
+class ContaCfg:
+    """CONTA's rounds (round 0 is the baseline) and its [KIT] decisions, each a named option.
+
+    Attributes:
+        rounds: T, the last round (0 = the baseline only).
+        adjustment: "backdoor" (CONTA's M) or "raw_mask" (reviewer's baseline: fuse x_m itself).
+        fusion: where M is concatenated: "last" (last block, the paper's choice), "input", or a stage name.
+        grid: side of the canonical grid of prototypes and W1/W2; None = the classifier's feature-map size.
+        prior: P(c): "uniform" (paper) or "freq" (share of training images with the class).
+        include_bg: add a background prototype (the official loader drops it).
+        temperature: attention temperature tau; None = sqrt(n).
+        m_scale: "paper" (M <= 1/n), "convex" (divide by sum alpha_i P(c_i)) or "max" (per-image max).
+        xm: the image's mask x_m from the previous segmenter: "fg_prob" (1 - P(background)) or "fg_binary".
+        present: which images average into c_i: "label" (image label has the class) or "pred" (predicted).
+        init: each round's classifier starts from "scratch" (same seed as round 0) or the "previous" round's.
+    """
+
+    rounds: int = 3
+    adjustment: str = "backdoor"
+    fusion: str = "last"
+    grid: int | None = None
+    prior: str = "uniform"
+    include_bg: bool = False
+    temperature: float | None = None
+    m_scale: str = "paper"
+    xm: str = "fg_prob"
+    present: str = "label"
+    init: str = "scratch"
+
+    def __post_init__(self) -> None:
+        choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),
+                   "m_scale": ("paper", "convex", "max"), "xm": ("fg_prob", "fg_binary"),
+                   "present": ("label", "pred"), "init": ("scratch", "previous")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.grid is not None and self.grid < 1:
+            raise ValueError(f"grid must be >= 1 or None, got {self.grid}")
+
+
+@dataclass(frozen=True)
 class RunCfg:
     """Everything one run of the kit needs.
 
@@ -87,7 +134,7 @@ class RunCfg:
         device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
         data_source: "scenes" (embedded benchmark), "voc" or "coco" (from ``data_root``).
         data_root: dataset folder for "voc"/"coco".
-        data: :class:`DataCfg`. baseline: :class:`BaselineCfg`.
+        data: :class:`DataCfg`. baseline: :class:`BaselineCfg`. conta: :class:`ContaCfg`.
     """
 
     preset: str = "default"
@@ -97,6 +144,7 @@ class RunCfg:
     data_root: str | None = None
     data: DataCfg = field(default_factory=DataCfg)
     baseline: BaselineCfg = field(default_factory=BaselineCfg)
+    conta: ContaCfg = field(default_factory=ContaCfg)
 
     def __post_init__(self) -> None:
         if self.data_source not in ("scenes", "voc", "coco"):
@@ -116,7 +164,8 @@ class RunCfg:
             return cls(preset="smoke", data=DataCfg(image_size=64, num_train=96, num_val=48, num_shifted=48,
                                                     num_ood=48),
                        baseline=BaselineCfg(cls_epochs=1, seg_epochs=1, cam_scales=(1.0, 0.5), cls_batch_size=16,
-                                            seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)))
+                                            seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)),
+                       conta=ContaCfg(rounds=1))
         return cls()
 
     @classmethod

@@ -28,10 +28,24 @@ def _with_background(cams: torch.Tensor, labels: torch.Tensor, bg: float) -> tor
     return torch.cat([torch.full_like(cams[:, :1], bg), fg], dim=1)
 
 
+def foreground_argmax(cams: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best present class per pixel: (score, label id 1..C), each (B, H, W); -inf / 0 without a class.
+
+    ``where(score > t, ids, 0)`` then equals :func:`cams_to_labels` at background threshold ``t`` (the
+    background plane wins ties, like ``argmax``), so a threshold sweep costs one argmax in all.
+    """
+    _check(cams, labels)
+    score, idx = cams.masked_fill(labels[:, :, None, None] <= 0, float("-inf")).max(dim=1)
+    return score, idx + 1
+
+
 def cams_to_labels(cams: torch.Tensor, labels: torch.Tensor, bg_threshold: float = 0.15,
                    refine: str = "none", images: torch.Tensor | None = None) -> torch.Tensor:
     """Argmax over a constant background plane and the present classes: (B, H, W) long in 0..C."""
     _check(cams, labels)
+    if refine == "none":
+        score, ids = foreground_argmax(cams, labels)
+        return torch.where(score > bg_threshold, ids, torch.zeros_like(ids))
     scores = _with_background(cams, labels, bg_threshold)
     if refine != "none":
         if refine not in REFINERS:

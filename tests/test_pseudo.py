@@ -54,3 +54,16 @@ def test_crf_refinement():
     out = cams_to_pseudo_masks(cams, labels, conf_fg=0.3, conf_bg=0.05, refine="crf", images=img)
     assert out.shape == (1, 2, 4) and set(out.unique().tolist()) <= {0, 1, 3, 255}
     assert "crf" in REFINERS
+
+
+def test_fast_labels_equal_the_argmax_over_a_background_plane():
+    from conta_kit.pseudo import _with_background, foreground_argmax
+
+    cams = torch.rand(3, 4, 9, 7)
+    cams[0, :, 0, 0] = 0.2  # ties with the background plane: background wins, as argmax's first index
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    for t in (0.0, 0.2, 0.5, 1.0):
+        ref = _with_background(cams, labels, t).argmax(1)
+        assert torch.equal(cams_to_labels(cams, labels, t), ref)
+        score, ids = foreground_argmax(cams, labels)
+        assert torch.equal(torch.where(score > t, ids, torch.zeros_like(ids)), ref)

@@ -1,0 +1,78 @@
+"""Render results from run folders as markdown, and write them into a marked block of a file (the README).
+
+    python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
+
+The block between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` is replaced with the table
+made from RUN_DIR's metrics.json, so every number in the README comes from a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .io import Run, atomic_write_text, read_json
+from .rounds import load_summary, summary_table
+
+TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
+                 "cam_leakage", "pseudo_mask_leakage", "context_reliance")
+DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_share_from_m", "attention_entropy")
+
+
+def _provenance(run: Run) -> str:
+    params = run.params
+    env = read_json(run.path / "env.json") if (run.path / "env.json").exists() else {}
+    seeds = params.get("seeds", [params.get("resolved", {}).get("seed")])
+    over = params.get("overrides") or {}
+    total, devices = 0.0, set()
+    for s in seeds:
+        m = Run(run.path / f"seed_{s}").metrics if (run.path / f"seed_{s}").exists() else {}
+        for r in m.get("conta", {}).get("rounds", []):
+            total += r.get("timing", {}).get("total_s", 0.0)
+            devices.add(r.get("device"))
+    where = env.get("gpu") or f"{', '.join(sorted(d for d in devices if d))} ({env.get('platform')})"
+    return (f"Run folder `{run.path.name}`: preset `{params.get('preset')}`"
+            + (f", overrides `{over}`" if over else "") + f", seeds {seeds}, commit `{env.get('git_commit')}`, "
+            f"device {where}; {total / 60:.0f} min of compute over all seeds and rounds.")
+
+
+def conta_markdown(run_dir: str | Path) -> str:
+    """Table of rounds x headline metrics (mean ± std over seeds) plus the M diagnostics, with provenance."""
+    run = Run(run_dir)
+    summary = load_summary(run_dir)
+    return (_provenance(run) + "\n\n" + summary_table(summary, TABLE_METRICS) + "\nDiagnostics of the adjusted "
+            "classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS))
+
+
+def update_block(path: str | Path, block: str, text: str) -> None:
+    """Replace the marked block in ``path`` (atomically); the markers must exist."""
+    path = Path(path)
+    src = path.read_text()
+    start, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(src):
+        raise ValueError(f"{path} has no block {start} ... {end}")
+    atomic_write_text(path, pattern.sub(lambda _: f"{start}\n{text.rstrip()}\n{end}", src), overwrite=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conta_kit.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
+    p.add_argument("--block", default="conta")
+    args = p.parse_args(argv)
+    try:
+        text = conta_markdown(args.run_dir)
+        if args.update:
+            update_block(args.update, args.block, text)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The CONTA loop: rounds 0..T (round 0 = the baseline), resumable, and repeated over seeds.
+
+    run folder/
+      round_0/ checkpoints/{classifier,segmenter}/last.pt  artifacts/pseudo_masks.pt
+               x_m.pt (split -> (N, H, W) uint8)  confounders.pt (C, P(c))  metrics.json (round done)
+      round_1/ ... artifacts/attention.pt (alpha per training image)
+      metrics.json ["conta"]["rounds"][t]
+
+With several seeds each seed gets ``seed_<s>/`` (a run folder as above) and the parent's metrics.json
+gets ``summary``: mean, std and values over seeds of the headline numbers for every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunCfg
+from .conta import ConfounderSet
+from .io import Run, read_json, to_jsonable, write_json
+from .pipeline import load_splits, run_round
+
+log = logging.getLogger(__name__)
+
+# name in the summary -> path in a round's metrics
+HEADLINE = {
+    "seed_miou_fixed": ("seed", "miou_fixed"), "seed_miou_best": ("seed", "miou_best"),
+    "seed_bf_fixed": ("seed", "bf_fixed"), "cam_leakage": ("seed", "cam_leakage"),
+    "seed_miou_fixed_without_m": ("seed", "without_m", "miou_fixed"),
+    "seed_miou_best_without_m": ("seed", "without_m", "miou_at_best_threshold"),
+    "cam_leakage_without_m": ("seed", "without_m", "cam_leakage"),
+    "pseudo_miou": ("pseudo", "miou"), "pseudo_mask_leakage": ("pseudo", "mask_leakage"),
+    "seg_miou": ("segmentation", "miou"), "seg_bf": ("segmentation", "bf"),
+    "seg_mask_leakage": ("segmentation", "mask_leakage"),
+    "val_map": ("classifier", "val_map"), "shifted_map": ("classifier", "shifted_map"),
+    "context_reliance": ("classifier", "context_reliance"),
+    "logit_share_from_m": ("m", "logit_share_from_m"), "attention_entropy": ("m", "attention", "entropy"),
+    "total_s": ("timing", "total_s"),
+}
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d if isinstance(d, int | float) else None
+
+
+def _round0_key(cfg: RunCfg) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline")}
+
+
+def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, Any], progress: bool) -> None:
+    """Copy a finished round 0 (the baseline does not depend on CONTA's options) from another seed folder
+    and rebuild x_m and C from its segmenter with this run's options. Refuses a different seed/data/baseline.
+    """
+    source = Path(source)
+    src_round = source / "round_0" if (source / "round_0").is_dir() else source
+    params = source.parent / "params.json" if src_round == source else source / "params.json"
+    if not (src_round / "metrics.json").exists():
+        raise FileNotFoundError(f"{src_round} holds no finished round 0 (metrics.json missing)")
+    theirs = read_json(params).get("resolved") if params.exists() else None
+    ours = json.loads(json.dumps(to_jsonable(_round0_key(cfg))))
+    if theirs is None or {k: theirs.get(k) for k in ours} != ours:
+        raise ValueError(f"round 0 in {src_round} was made with other settings (seed, data or baseline) than "
+                         f"this run; see {params}")
+    dst = run.path / "round_0"
+    if dst.exists():
+        raise ValueError(f"{dst} exists already; not overwriting it")
+    tmp = run.path / ".round_0.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src_round, tmp, ignore=shutil.ignore_patterns("x_m.pt", "confounders.pt", "metrics.json"))
+    from .config import resolve_device
+    from .models import build_classifier, build_segmenter, load_checkpoint
+    from .pipeline import build_next_round, feature_grid
+
+    b, device = cfg.baseline, torch.device(resolve_device(cfg.device))
+    seg = build_segmenter(b.segmenter, splits["train"].num_classes)
+    load_checkpoint(seg, tmp / "checkpoints" / "segmenter" / "last.pt")
+    grid = feature_grid(build_classifier(b.backbone, splits["train"].num_classes), cfg)
+    build_next_round(cfg, seg.to(device), splits, tmp, device, progress, grid=grid)
+    shutil.copy2(src_round / "metrics.json", tmp / "metrics.json")
+    tmp.rename(dst)
+    log.info("round 0 reused from %s (x_m and C rebuilt with this run's options)", src_round)
+
+
+def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
+              round0_from: str | Path | None = None) -> list[dict[str, Any]]:
+    """Rounds 0..``cfg.conta.rounds`` into ``run``; a stopped run continues where it stopped.
+
+    A round whose ``round_t/metrics.json`` exists is done and is read back; an unfinished round resumes
+    its training from the last epoch checkpoint (the data order and initialisation are seeded, so the
+    result is the same as an uninterrupted run). ``round0_from`` (a seed folder or its ``round_0``) reuses
+    a finished baseline of the same seed and settings, e.g. for ablations of CONTA's options.
+    """
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg)
+    if round0_from is not None and not (run.path / "round_0" / "metrics.json").exists():
+        reuse_round0(cfg, run, round0_from, splits, progress)
+    rounds: list[dict[str, Any]] = []
+    conf, x_m = None, None
+    last = cfg.conta.rounds
+    for t in range(last + 1):
+        root = run.path / f"round_{t}"
+        done = root / "metrics.json"
+        if done.exists():
+            m = read_json(done)
+            log.info("round %d already done (%s)", t, done)
+        else:
+            root.mkdir(exist_ok=True)
+            m = run_round(cfg, root, splits, progress=progress, resume=True, confounders=conf, x_m=x_m,
+                          next_round=t < last, round_index=t)
+            write_json(done, m)
+        rounds.append(m)
+        run.log_metrics("conta", {"rounds": rounds, "settings": cfg.to_dict()["conta"]})
+        if t < last:
+            conf = ConfounderSet.load(root / "confounders.pt")
+            x_m = torch.load(root / "x_m.pt", map_location="cpu", weights_only=True)
+    return rounds
+
+
+def summarize(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean, std (sample, ddof 1) and values over seeds for every headline number of every round."""
+    n_rounds = min(len(r) for r in per_seed.values())
+    out = []
+    for t in range(n_rounds):
+        row: dict[str, Any] = {"round": t}
+        for name, path in HEADLINE.items():
+            vals = [_get(per_seed[s][t], path) for s in sorted(per_seed)]
+            vals = [v for v in vals if v is not None and not math.isnan(v)]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+            row[name] = {"mean": mean, "std": std, "values": vals}
+        out.append(row)
+    return {"seeds": sorted(per_seed), "rounds": out}
+
+
+def _seed_job(cfg: RunCfg, path: str, progress: bool, threads: int | None,
+              round0_from: str | None) -> list[dict[str, Any]]:
+    if threads:
+        torch.set_num_threads(threads)
+    return run_conta(cfg, Run(path), progress=progress, round0_from=round0_from)
+
+
+def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progress: bool = True,
+              round0_from: str | Path | None = None) -> dict[str, Any]:
+    """:func:`run_conta` for every seed into ``run/seed_<s>/`` and the summary into ``run``'s metrics.json.
+
+    ``jobs`` > 1 runs seeds in parallel processes, the CPU threads split between them. Re-running on the
+    same ``run`` resumes every seed. ``round0_from``: a run folder of :func:`run_seeds` whose
+    ``seed_<s>/round_0`` is reused (same seed, data and baseline settings).
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+    paths = {}
+    for s in seeds:
+        p = run.path / f"seed_{s}"
+        if not p.exists():
+            p.mkdir()
+            write_json(p / "params.json", {"seed": s, "resolved": replace(cfg, seed=s).to_dict()})
+            write_json(p / "metrics.json", {})
+            (p / "figures").mkdir()
+        paths[s] = str(p)
+    src = {s: str(Path(round0_from) / f"seed_{s}") for s in seeds} if round0_from is not None else {}
+    per_seed: dict[int, list[dict[str, Any]]] = {}
+    if jobs <= 1:
+        for s in seeds:
+            per_seed[s] = run_conta(replace(cfg, seed=s), Run(paths[s]), progress=progress,
+                                    round0_from=src.get(s))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            futs = {s: ex.submit(_seed_job, replace(cfg, seed=s), paths[s], False, threads, src.get(s))
+                    for s in seeds}
+            per_seed = {s: f.result() for s, f in futs.items()}
+    summary = summarize(per_seed)
+    run.log_metrics("summary", summary)
+    return summary
+
+
+def summary_table(summary: dict[str, Any], names: tuple[str, ...] = ("seed_miou_fixed", "seed_miou_best",
+                  "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance")) -> str:
+    """A markdown table (rounds x metrics, mean ± std) of :func:`summarize`'s output."""
+    head = "| round | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    rows = []
+    for r in summary["rounds"]:
+        cells = [f"{r[n]['mean']:.3f} ± {r[n]['std']:.3f}" if n in r else "—" for n in names]
+        rows.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``summary`` from a run folder's metrics.json (written by :func:`run_seeds`)."""
+    m = Run(run_dir).metrics
+    if "summary" not in m:
+        raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")
+    return m["summary"]

@@ -1,0 +1,120 @@
+"""The CONTA loop: rounds, artifacts, resume, seeds summary, CLI, and the joint augmentation."""
+
+import math
+
+import pytest
+import torch
+
+from conta_kit.cli import main
+from conta_kit.config import RunCfg
+from conta_kit.conta import ConfounderSet
+from conta_kit.io import Run, read_json
+from conta_kit.pipeline import joint_augment
+from conta_kit.rounds import run_conta, run_seeds, summarize, summary_table
+
+
+def test_joint_augment_moves_x_m_with_the_image_and_pads_masks():
+    img = torch.rand(4, 3, 10, 12)
+    batch = {"image": img, "x_m": img[:, 0].clone(), "mask": torch.randint(0, 3, (4, 10, 12)),
+             "context_mask": torch.randint(0, 5, (4, 10, 12)), "labels": torch.ones(4, 2)}
+    batch["mask_copy"] = batch["mask"].clone()
+    out = joint_augment(batch, scale=(1.3, 1.6), crop=20)
+    assert out["image"].shape == (4, 3, 20, 20) and out["x_m"].shape == (4, 20, 20)
+    assert torch.equal(out["x_m"], out["image"][:, 0])  # same geometry; x_m is 0 where the image is padded
+    padded = out["mask"] == 255
+    assert torch.equal(out["mask"][~padded], out["mask_copy"][~padded])  # every map gets the same geometry
+    assert padded.any() and bool((out["context_mask"][padded] == -1).all())
+    assert bool((out["image"].sum(1)[padded] == 0).all())
+    assert torch.equal(out["labels"], batch["labels"])
+    same = joint_augment(batch, flip=False)
+    assert torch.equal(same["image"], img)
+    with pytest.raises(ValueError, match="scale"):
+        joint_augment(batch, scale=(0.0, 1.0))
+
+
+def test_summarize_mean_and_sample_std():
+    per_seed = {s: [{"seed": {"miou_fixed": v}, "pseudo": {"miou": None}}] for s, v in zip((0, 1, 2), (0.1, 0.2, 0.6))}
+    row = summarize(per_seed)["rounds"][0]
+    assert row["seed_miou_fixed"]["mean"] == pytest.approx(0.3)
+    assert row["seed_miou_fixed"]["std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
+    assert "pseudo_miou" not in row  # missing values are left out, never invented
+    assert "0.300 ± 0.265" in summary_table(summarize(per_seed))
+
+
+@pytest.mark.slow
+def test_conta_rounds_artifacts_and_resume(tmp_path):
+    cfg = RunCfg.from_params(preset="smoke", rounds=1)
+    run = Run.create("conta", tmp_path)
+    rounds = run_conta(cfg, run, progress=False)
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["adjusted"] and not rounds[0]["adjusted"]
+    r0, r1 = run.path / "round_0", run.path / "round_1"
+    cs = ConfounderSet.load(r0 / "confounders.pt", num_prototypes=8)
+    x_m = torch.load(r0 / "x_m.pt", weights_only=True)
+    assert x_m["train"].shape == (cfg.data.num_train, 64, 64) and x_m["train"].dtype == torch.uint8
+    assert {"train", "val", "shifted", "ood"} <= set(x_m) and cs.grid == (8, 8)  # tiny backbone: 64 / 8
+    assert (r1 / "artifacts" / "attention.pt").exists() and "without_m" in rounds[1]["seed"]
+    assert "logit_share_from_m" in rounds[1]["m"]
+    assert run.metrics["conta"]["rounds"][1]["seed"]["miou_fixed"] == rounds[1]["seed"]["miou_fixed"]
+    # stop inside round 1 (its segmenter lost): a rerun keeps round 0 and finishes round 1 the same way
+    (r1 / "metrics.json").unlink()
+    (r1 / "checkpoints" / "segmenter" / "last.pt").unlink()
+    before = (r0 / "metrics.json").stat().st_mtime_ns
+    again = run_conta(cfg, run, progress=False)
+    assert (r0 / "metrics.json").stat().st_mtime_ns == before
+    for key in ("seed", "pseudo"):
+        assert again[1][key]["miou"] == rounds[1][key]["miou"] if key == "pseudo" else \
+            again[1][key]["miou_fixed"] == rounds[1][key]["miou_fixed"]
+    assert again[1]["segmentation"]["miou"] == pytest.approx(rounds[1]["segmentation"]["miou"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_cli_conta_two_seeds_summary(tmp_path, capsys):
+    rc = main(["conta", "--preset", "smoke", "--seeds", "0", "1", "-p", "rounds", "1", "--runs-root",
+               str(tmp_path), "--no-progress"])
+    assert rc == 0
+    run_dir = next(tmp_path.iterdir())
+    summary = read_json(run_dir / "metrics.json")["summary"]
+    assert summary["seeds"] == [0, 1] and len(summary["rounds"]) == 2
+    assert len(summary["rounds"][1]["seg_miou"]["values"]) == 2
+    assert "| round |" in capsys.readouterr().out
+    assert main(["conta", "--preset", "smoke", "-p", "fusion", "block9", "--runs-root", str(tmp_path)]) == 2
+    assert "fusion" in capsys.readouterr().err
+    assert main(["conta", "--resume", str(run_dir), "--no-progress"]) == 0  # everything done: read back
+    # an ablation reuses round 0 of the same seed and rebuilds C with its own options
+    abl = tmp_path / "abl"
+    assert main(["conta", "--preset", "smoke", "--seeds", "1", "-p", "rounds", "1", "-p", "include_bg", "True",
+                 "--round0-from", str(run_dir), "--runs-root", str(abl), "--no-progress"]) == 0
+    seed_dir = next(abl.iterdir()) / "seed_1"
+    assert read_json(seed_dir / "round_0" / "metrics.json") == read_json(run_dir / "seed_1" / "round_0" /
+                                                                          "metrics.json")
+    assert len(ConfounderSet.load(seed_dir / "round_0" / "confounders.pt")) == 9  # 8 classes + background
+    assert main(["conta", "--preset", "smoke", "--seeds", "1", "-p", "cooccurrence", "0.5", "--round0-from",
+                 str(run_dir), "--runs-root", str(abl), "--no-progress"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_run_seeds_rejects_duplicate_seeds(tmp_path):
+    with pytest.raises(ValueError, match="distinct"):
+        run_seeds(RunCfg.from_params(preset="smoke"), Run.create("x", tmp_path), [0, 0])
+
+
+def test_report_writes_the_marked_block(tmp_path):
+    from conta_kit.io import write_json
+    from conta_kit.report import conta_markdown, update_block
+
+    run = Run.create("conta", tmp_path, params={"preset": "default", "overrides": {}, "seeds": [0, 1]})
+    rounds = {s: [{"round": 0, "seed": {"miou_fixed": 0.2 + s / 10}, "timing": {"total_s": 60.0}, "device": "cpu"}]
+              for s in (0, 1)}
+    for s, r in rounds.items():
+        (run.path / f"seed_{s}").mkdir()
+        write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": {"rounds": r}})
+    run.log_metrics("summary", summarize(rounds))
+    text = conta_markdown(run.path)
+    assert "0.250 ± 0.071" in text and "seeds [0, 1]" in text and "2 min of compute" in text
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:conta -->\nold\n<!-- /results:conta -->\nend\n")
+    update_block(readme, "conta", text)
+    body = readme.read_text()
+    assert "\nold\n" not in body and "0.250 ± 0.071" in body and body.startswith("intro") and body.endswith("end\n")
+    with pytest.raises(ValueError, match="no block"):
+        update_block(readme, "wood", text)
