@@ -5,7 +5,8 @@
     conta-kit conta --preset default --seeds 0 1 2 [-p rounds 3 ...] [--jobs 2] [--resume RUN_DIR]
 
 Every notebook in ``notebooks/`` (``NN_*.ipynb``, in order) is executed with the parameters
-``preset``, ``run_dir`` and the ``-p`` overrides; the executed copies, figures, ``metrics.json`` and an
+``preset``, ``run_dir``, ``interactive=False`` and ``overrides`` (the ``-p`` settings of the run
+configuration, applied last); the executed copies, figures, ``metrics.json`` and an
 ``index.html`` land in ``<runs-root>/<timestamp>_<name>/``.
 """
 
@@ -25,6 +26,8 @@ from .io import Run, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# notebook parameters that are not RunCfg fields (everything else is validated by RunCfg.from_params)
+NOTEBOOK_ONLY = frozenset({"interactive", "summary_dir", "ablation_dirs", "runs_root"})
 
 
 def _literal(text: str) -> Any:
@@ -54,7 +57,7 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
     import papermill as pm
 
     overrides = dict(overrides or {})
-    cfg = RunCfg.from_params(preset=preset, **overrides)  # validates every name up front
+    cfg = RunCfg.from_params(preset=preset, **{k: v for k, v in overrides.items() if k not in NOTEBOOK_ONLY})
     paths = notebook_paths(notebooks)
     run = Run.create(name, runs_root, params={"preset": preset, "overrides": overrides, "resolved": cfg.to_dict()},
                      seed=cfg.seed, device=cfg.device)
@@ -62,7 +65,10 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
     for nb in paths:
         out = run.path / nb.name
         t0 = time.perf_counter()
-        params = {"preset": preset, "run_dir": str(run.path.resolve()), **overrides}
+        params = {"preset": preset, "run_dir": str(run.path.resolve()), "interactive": False,
+                  "overrides": {k: list(v) if isinstance(v, tuple) else v  # papermill writes lists, not tuples
+                                for k, v in overrides.items() if k not in NOTEBOOK_ONLY},
+                  **{k: v for k, v in overrides.items() if k in NOTEBOOK_ONLY}}
         try:
             pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3", language="python",
                                 progress_bar=progress, cwd=str(nb.parent))

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-PRESETS = ("smoke", "default")
+PRESETS = ("smoke", "default", "gpu", "voc")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class BaselineCfg:
         conf_fg, conf_bg: IRNet's confident fore/background thresholds for the pseudo-masks (0.30 / 0.05).
         segmenter, seg_epochs, seg_batch_size, seg_lr, seg_optimizer: segmentation model training.
         eval_batch_size: batch size for CAM and mask inference.
+        num_workers: DataLoader worker processes for training (0 on the CPU benchmark).
     """
 
     backbone: str = "tiny"
@@ -79,6 +80,11 @@ class BaselineCfg:
     seg_lr: float = 0.05
     seg_optimizer: str = "sgd"
     eval_batch_size: int = 64
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
+            object.__setattr__(self, "pretrained", None)
 
 
 @dataclass(frozen=True)
@@ -163,9 +169,22 @@ class RunCfg:
         if preset == "smoke":
             return cls(preset="smoke", data=DataCfg(image_size=64, num_train=96, num_val=48, num_shifted=48,
                                                     num_ood=48),
-                       baseline=BaselineCfg(cls_epochs=1, seg_epochs=1, cam_scales=(1.0, 0.5), cls_batch_size=16,
-                                            seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)),
+                       baseline=BaselineCfg(cls_epochs=3, cls_lr=0.1, seg_epochs=2, seg_lr=0.1, cam_scales=(1.0, 0.5),
+                                            cls_batch_size=16, seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)),
                        conta=ContaCfg(rounds=1))
+        if preset == "gpu":  # the embedded benchmark, larger, with ResNet-50 / DeepLabV3 (untested without a GPU)
+            return cls(preset="gpu", data=DataCfg(image_size=160, num_train=10000, num_val=1000, num_shifted=1000,
+                                                  num_ood=1000),
+                       baseline=BaselineCfg(backbone="resnet50", segmenter="deeplabv3_resnet50", cls_epochs=8,
+                                            cls_batch_size=64, cls_lr=0.05, seg_epochs=10, seg_batch_size=32,
+                                            seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0), eval_batch_size=64,
+                                            num_workers=8))
+        if preset == "voc":  # PASCAL VOC 2012 from data_root at IRNet's settings (needs -p data_root ...)
+            return cls(preset="voc", data=DataCfg(image_size=320),
+                       baseline=BaselineCfg(backbone="resnet50", pretrained="imagenet", segmenter="deeplabv3_resnet50",
+                                            cls_epochs=5, cls_batch_size=16, cls_lr=0.1, seg_epochs=15,
+                                            seg_batch_size=16, seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0),
+                                            eval_batch_size=16, num_workers=8))
         return cls()
 
     @classmethod
@@ -190,6 +209,8 @@ class RunCfg:
             else:
                 known = sorted(top.union(*subs.values()))
                 raise ValueError(f"unknown parameter {k!r}; known: {known}")
+        if preset == "voc":
+            top_kw.setdefault("data_source", "voc")
         return replace(cfg, **{name: replace(getattr(cfg, name), **kw[name]) for name in subs}, **top_kw)
 
     def to_dict(self) -> dict[str, Any]:

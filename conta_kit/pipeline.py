@@ -233,7 +233,7 @@ def evaluate_segmenter(model: torch.nn.Module, dataset: Dataset, batch_size: int
         bf.update(pred, batch["mask"])
         if leak is not None:
             leak.update_masks(pred, batch["labels"], batch["context_mask"])
-    out = {**cm.compute(), "bf": bf.compute()["bf"]}
+    out = {**cm.compute(), "bf": bf.compute()["bf"], "confusion": cm.mat.tolist()}
     if leak is not None:
         out["mask_leakage"] = leak.compute()["mask_leakage"]
     return out
@@ -329,7 +329,7 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
             missing = model.load_state_dict(state, strict=False)
             log.info("round %d classifier starts from %s (new: %s)", round_index, prev, missing.missing_keys)
     ccfg = TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
-                    seed=cfg.seed)
+                    seed=cfg.seed, num_workers=b.num_workers)
     def cls_loss(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return multilabel_loss(m, joint_augment(batch, scale=b.aug_scale, crop=b.aug_crop))
 
@@ -379,7 +379,7 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
     torch.manual_seed(cfg.seed)
     seg = build_segmenter(b.segmenter, train.num_classes)
     scfg = TrainCfg(epochs=b.seg_epochs, batch_size=b.seg_batch_size, lr=b.seg_lr, optimizer=b.seg_optimizer,
-                    seed=cfg.seed)
+                    seed=cfg.seed, num_workers=b.num_workers)
     seg_hist = fit(seg, WithMasks(splits["train"], tr["pseudo"]),
                    lambda m, batch: segmentation_loss(m, random_flip(batch)), scfg, device=device, collate_fn=collate,
                    ckpt_dir=root / "checkpoints" / "segmenter", resume=resume, progress=progress,

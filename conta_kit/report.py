@@ -1,6 +1,7 @@
 """Render results from run folders as markdown, and write them into a marked block of a file (the README).
 
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
+    python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--update README.md --block ablations]
 
 The block between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` is replaced with the table
 made from RUN_DIR's metrics.json, so every number in the README comes from a run folder.
@@ -12,6 +13,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from .io import Run, atomic_write_text, read_json
 from .rounds import load_summary, summary_table
@@ -46,6 +48,41 @@ def conta_markdown(run_dir: str | Path) -> str:
             "classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS))
 
 
+ABLATION_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage",
+                    "logit_share_from_m", "attention_entropy")
+
+
+def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1) -> str:
+    """One row per run folder (its ``-p`` overrides name it) at ``round_index``, plus the round-0 baseline
+    of the first; mean ± std when a run has several seeds."""
+    head = "| variant | round | seeds | " + " | ".join(ABLATION_METRICS) + " |\n" + \
+        "|---|---|---|" + "---|" * len(ABLATION_METRICS) + "\n"
+    rows = []
+
+    def cells(r: dict[str, Any]) -> str:
+        out = []
+        for n in ABLATION_METRICS:
+            if n not in r:
+                out.append("—")
+            elif len(r[n]["values"]) > 1:
+                out.append(f"{r[n]['mean']:.3f} ± {r[n]['std']:.3f}")
+            else:
+                out.append(f"{r[n]['mean']:.4f}" if n == "logit_share_from_m" else f"{r[n]['mean']:.3f}")
+        return " | ".join(out)
+
+    for i, d in enumerate(run_dirs):
+        run = Run(d)
+        summary = load_summary(d)
+        over = run.params.get("overrides") or {}
+        name = ", ".join(f"{k}={v}" for k, v in over.items() if k != "rounds") or "paper defaults"
+        by_round = {r["round"]: r for r in summary["rounds"]}
+        if i == 0 and 0 in by_round:
+            rows.append(f"| baseline (round 0) | 0 | {summary['seeds']} | {cells(by_round[0])} |")
+        if round_index in by_round:
+            rows.append(f"| {name} | {round_index} | {summary['seeds']} | {cells(by_round[round_index])} |")
+    return head + "\n".join(rows) + "\n\nRun folders: " + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n"
+
+
 def update_block(path: str | Path, block: str, text: str) -> None:
     """Replace the marked block in ``path`` (atomically); the markers must exist."""
     path = Path(path)
@@ -59,12 +96,19 @@ def update_block(path: str | Path, block: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conta_kit.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several")
+    p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
+    p.add_argument("--round", type=int, default=1)
     p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
     p.add_argument("--block", default="conta")
     args = p.parse_args(argv)
     try:
-        text = conta_markdown(args.run_dir)
+        if args.ablations:
+            text = ablation_markdown(args.run_dirs, args.round)
+        elif len(args.run_dirs) == 1:
+            text = conta_markdown(args.run_dirs[0])
+        else:
+            raise ValueError("several run folders need --ablations")
         if args.update:
             update_block(args.update, args.block, text)
     except (ValueError, FileNotFoundError) as e:

@@ -152,6 +152,7 @@ def _seed_job(cfg: RunCfg, path: str, progress: bool, threads: int | None,
               round0_from: str | None) -> list[dict[str, Any]]:
     if threads:
         torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {cfg.seed} %(name)s: %(message)s")
     return run_conta(cfg, Run(path), progress=progress, round0_from=round0_from)
 
 
@@ -165,15 +166,7 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
-    paths = {}
-    for s in seeds:
-        p = run.path / f"seed_{s}"
-        if not p.exists():
-            p.mkdir()
-            write_json(p / "params.json", {"seed": s, "resolved": replace(cfg, seed=s).to_dict()})
-            write_json(p / "metrics.json", {})
-            (p / "figures").mkdir()
-        paths[s] = str(p)
+    paths = {s: str(seed_run(run, replace(cfg, seed=s)).path) for s in seeds}
     src = {s: str(Path(round0_from) / f"seed_{s}") for s in seeds} if round0_from is not None else {}
     per_seed: dict[int, list[dict[str, Any]]] = {}
     if jobs <= 1:
@@ -210,3 +203,35 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     if "summary" not in m:
         raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")
     return m["summary"]
+
+
+def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
+                          num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+    """The trained classifier of a round (a plain classifier for round 0, else a ContaClassifier built with
+    the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8; None for round 0)."""
+    from .conta import ContaClassifier, build_adjustment
+    from .models import build_classifier, load_checkpoint
+
+    seed_dir = Path(seed_dir)
+    b, c = cfg.baseline, cfg.conta
+    model: torch.nn.Module = build_classifier(b.backbone, num_classes, pretrained=None)
+    x_m = None
+    if round_index > 0:
+        prev = seed_dir / f"round_{round_index - 1}"
+        conf = ConfounderSet.load(prev / "confounders.pt")
+        kw = {"temperature": c.temperature, "m_scale": c.m_scale} if c.adjustment == "backdoor" else {}
+        model = ContaClassifier(model, build_adjustment(c.adjustment, conf, **kw), fusion=c.fusion)
+        x_m = torch.load(prev / "x_m.pt", map_location="cpu", weights_only=True)
+    load_checkpoint(model, seed_dir / f"round_{round_index}" / "checkpoints" / "classifier" / "last.pt")
+    return model.eval(), x_m
+
+
+def seed_run(run: Run, cfg: RunCfg) -> Run:
+    """``run/seed_<cfg.seed>/`` as a run folder (made on first use), where :func:`run_conta` writes."""
+    p = run.path / f"seed_{cfg.seed}"
+    if not p.exists():
+        p.mkdir()
+        write_json(p / "params.json", {"seed": cfg.seed, "resolved": cfg.to_dict()})
+        write_json(p / "metrics.json", {})
+        (p / "figures").mkdir()
+    return Run(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,5 +100,230 @@ def plot_class_bars(values: Sequence[float], names: Sequence[str], ylabel: str, 
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _overlay(ax: Any, image: torch.Tensor, heat: torch.Tensor | None, alpha: float = 0.5, cmap: str = "jet",
+             vmin: float = 0.0, vmax: float = 1.0) -> Any:
+    ax.imshow(_img(image))
+    im = None
+    if heat is not None:
+        im = ax.imshow(heat.detach().cpu().numpy(), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def _contours(ax: Any, mask: torch.Tensor, label: int, color: str = "white") -> None:
+    m = (mask.cpu().numpy() == label).astype(float)
+    if 0 < m.sum() < m.size:
+        ax.contour(m, levels=[0.5], colors=color, linewidths=1.0)
+
+
+def plot_cam_overlay(image: torch.Tensor, cam: torch.Tensor, title: str = "", alpha: float = 0.5,
+                     mask: torch.Tensor | None = None, label: int | None = None) -> Figure:
+    """One CAM (H, W) in [0, 1] over its image (3, H, W), with the ground-truth contour of ``label``."""
+    fig, ax = plt.subplots(figsize=(3.2, 3.2))
+    _overlay(ax, image, cam, alpha)
+    if mask is not None and label is not None:
+        _contours(ax, mask, label)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cam_before_after(images: torch.Tensor, before: torch.Tensor, after: torch.Tensor, masks: torch.Tensor,
+                          classes: Sequence[int], names: Sequence[str],
+                          titles: tuple[str, str] = ("baseline (round 0)", "CONTA")) -> Figure:
+    """Rows of image | CAM before | CAM after | difference (after - before), ground-truth contours drawn.
+
+    Args:
+        images: (N, 3, H, W). before, after: (N, H, W) CAMs of class ``classes[i]`` (index k, label k + 1).
+        masks: (N, H, W) ground truth.
+    """
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, 4, figsize=(9.2, 2.3 * n), squeeze=False)
+    for i in range(n):
+        k = int(classes[i])
+        axes[i, 0].imshow(_img(images[i]))
+        axes[i, 0].set_ylabel(names[k], fontsize=9)
+        _overlay(axes[i, 1], images[i], before[i])
+        _overlay(axes[i, 2], images[i], after[i])
+        diff = (after[i] - before[i]).detach().cpu()
+        lim = max(float(diff.abs().max()), 1e-6)
+        im = axes[i, 3].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
+        for ax in axes[i, 1:]:
+            _contours(ax, masks[i], k + 1, "black" if ax is axes[i, 3] else "white")
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, t in zip(axes[0], ("image", *titles, "after - before")):
+        ax.set_title(t, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prototypes(prototypes: torch.Tensor, names: Sequence[str], prior: Sequence[float] | None = None,
+                    title: str = "") -> Figure:
+    """Gallery of the confounder prototypes c_i (K, h, w), each titled with its class and P(c_i)."""
+    k = prototypes.shape[0]
+    cols = min(k, 8)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows + 0.3), squeeze=False)
+    vmax = max(float(prototypes.max()), 1e-6)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= k:
+            ax.axis("off")
+            continue
+        ax.imshow(prototypes[i].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(names[i] + (f"\nP={float(prior[i]):.3f}" if prior is not None else ""), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], rounds: Sequence[int]) -> Figure:
+    """How each prototype changes over rounds: rows = rounds, columns = classes."""
+    r, k = len(sets), sets[0].shape[0]
+    fig, axes = plt.subplots(r, k, figsize=(1.3 * k, 1.35 * r + 0.4), squeeze=False)
+    vmax = max(max(float(s.max()) for s in sets), 1e-6)
+    for i, s in enumerate(sets):
+        for j in range(k):
+            ax = axes[i, j]
+            ax.imshow(s[j].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(names[j], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"C after r{rounds[i]}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention(alpha: torch.Tensor, names: Sequence[str], row_labels: Sequence[str] | None = None,
+                   title: str = "attention alpha per image") -> Figure:
+    """Heat map of alpha (N, K): one row per image, one column per prototype (rows sum to one)."""
+    a = alpha.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * a.shape[1], 0.8 + 0.28 * a.shape[0]))
+    sns.heatmap(a, ax=ax, cmap="viridis", vmin=0, xticklabels=names,
+                yticklabels=row_labels if row_labels is not None else False, cbar_kws={"shrink": 0.7})
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix: torch.Tensor | np.ndarray, names: Sequence[str], normalize: bool = True,
+                   title: str = "") -> Figure:
+    """Confusion matrix (rows = ground truth, columns = prediction), row-normalised by default."""
+    m = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=float)
+    if normalize:
+        m = m / np.clip(m.sum(1, keepdims=True), 1, None)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(names), 0.9 + 0.5 * len(names)))
+    sns.heatmap(m, annot=len(names) <= 12, fmt=".2f", cmap="Blues", xticklabels=names, yticklabels=names, ax=ax,
+                vmin=0, vmax=1 if normalize else None, cbar_kws={"shrink": 0.7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grouped_bars(groups: dict[str, Sequence[float]], names: Sequence[str], ylabel: str,
+                      title: str = "") -> Figure:
+    """Per-class bars for several series side by side (e.g. leakage before vs after)."""
+    fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(names), 3.2))
+    width = 0.8 / max(len(groups), 1)
+    for i, (label, vals) in enumerate(groups.items()):
+        x = np.arange(len(names)) + (i - (len(groups) - 1) / 2) * width
+        ax.bar(x, [np.nan if v is None else v for v in vals], width, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_round_curves(summary: dict[str, Any], metrics: Sequence[str], title: str = "") -> Figure:
+    """Mean ± std over seeds of each metric against the round (the ``summary`` of ``rounds.run_seeds``)."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for name in metrics:
+        rows = [r for r in summary["rounds"] if name in r]
+        if not rows:
+            continue
+        x = [r["round"] for r in rows]
+        mean = np.array([r[name]["mean"] for r in rows])
+        std = np.array([0.0 if r[name]["std"] is None or np.isnan(r[name]["std"]) else r[name]["std"] for r in rows])
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=name)
+    ax.set_xlabel("round")
+    ax.set_xticks(sorted({r["round"] for r in summary["rounds"]}))
+    ax.set_title(title or f"mean ± std over seeds {summary.get('seeds')}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_masks_grid(images: torch.Tensor, rows: dict[str, torch.Tensor]) -> Figure:
+    """Columns = images; first row the images, then one row per named (N, H, W) label map."""
+    n = images.shape[0]
+    r = 1 + len(rows)
+    fig, axes = plt.subplots(r, n, figsize=(1.8 * n, 1.85 * r), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(_img(images[j]))
+        for i, m in enumerate(rows.values(), start=1):
+            axes[i, j].imshow(colorize(m[j]), interpolation="nearest")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i, name in enumerate(["image", *rows], start=0):
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_threshold_sweep(sweep: dict[str, dict[str, float]], chosen: float, fixed: float,
+                         title: str = "seed mIoU on val against the background threshold") -> Figure:
+    """The val sweep that picks the background threshold (``metrics[seed][val_sweep]``)."""
+    ts = sorted(float(t) for t in sweep)
+    vals = [sweep[str(t)]["miou"] if str(t) in sweep else sweep[f"{t}"]["miou"] for t in ts]
+    fig, ax = plt.subplots(figsize=(4.4, 3.0))
+    ax.plot(ts, vals, "o-", ms=3)
+    ax.axvline(chosen, c="tab:green", ls="--", lw=1, label=f"best on val ({chosen:.2f})")
+    ax.axvline(fixed, c="tab:red", ls=":", lw=1, label=f"IRNet fixed ({fixed:.2f})")
+    ax.set_xlabel("background threshold")
+    ax.set_ylabel("mIoU")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cam_grid(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
+                  names: Sequence[str], per_image: int = 3) -> Figure:
+    """One row per image: the image, then the CAM of each present class (up to ``per_image``) with its
+    ground-truth contour. cams: (N, C, H, W)."""
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, 1 + per_image, figsize=(2.1 * (1 + per_image), 2.1 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(_img(images[i]))
+        present = torch.nonzero(labels[i]).flatten().tolist()[:per_image]
+        for j in range(per_image):
+            ax = axes[i, 1 + j]
+            if j < len(present):
+                k = present[j]
+                _overlay(ax, images[i], cams[i, k])
+                _contours(ax, masks[i], k + 1)
+                ax.set_title(names[k], fontsize=8)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_xticks([])
+        axes[i, 0].set_yticks([])
     fig.tight_layout()
     return fig

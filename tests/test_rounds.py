@@ -118,3 +118,18 @@ def test_report_writes_the_marked_block(tmp_path):
     assert "\nold\n" not in body and "0.250 ± 0.071" in body and body.startswith("intro") and body.endswith("end\n")
     with pytest.raises(ValueError, match="no block"):
         update_block(readme, "wood", text)
+
+
+def test_ablation_table_names_rows_by_overrides(tmp_path):
+    from conta_kit.report import ablation_markdown
+
+    dirs = []
+    for over, v in (({"rounds": 1}, 0.3), ({"rounds": 1, "m_scale": "convex"}, 0.4)):
+        run = Run.create("abl", tmp_path, params={"preset": "default", "overrides": over, "seeds": [0]})
+        run.log_metrics("summary", summarize({0: [{"seed": {"miou_fixed": 0.25}},
+                                                  {"seed": {"miou_fixed": v}, "m": {"logit_share_from_m": 0.01}}]}))
+        dirs.append(run.path)
+    text = ablation_markdown(dirs)
+    assert "| baseline (round 0) | 0 | [0] | 0.250 |" in text
+    assert "| paper defaults | 1 | [0] | 0.300 |" in text and "| m_scale=convex | 1 | [0] | 0.400 |" in text
+    assert "0.0100" in text

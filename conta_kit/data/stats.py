@@ -94,3 +94,19 @@ def pairing_curve(rhos: list[float], num_images: int = 300, image_size: int = 96
                               rider_rate=0.0)
         out.append(scene_statistics(ds, progress=False)["paired_rate"])
     return out
+
+
+def label_statistics(dataset: Any, max_images: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Image-label statistics of any dataset with ``labels`` (VOC, COCO, the benchmark): ``class_frequency``
+    (C,) and ``cooccurrence`` (C, C) = P(j present | i present)."""
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    c = dataset.num_classes
+    counts = torch.zeros(c, dtype=torch.float64)
+    joint = torch.zeros(c, c, dtype=torch.float64)
+    for i in tqdm(range(n), desc="labels", disable=not progress):
+        y = dataset[i]["labels"].double()
+        counts += y
+        joint += torch.outer(y, y)
+    return {"num_images": n, "class_names": list(dataset.class_names), "class_frequency": (counts / max(n, 1)).tolist(),
+            "cooccurrence": (joint / counts.clamp_min(1)[:, None]).tolist(),
+            "objects_per_image": float(counts.sum() / max(n, 1))}

@@ -1,0 +1,171 @@
+"""An interactive CAM explorer (ipywidgets) with a static equivalent for headless runs.
+
+Pick an image, a class and a round; slide the background threshold and the overlay opacity; toggle the
+M term; the CAM, the pseudo-mask it gives and the ground truth update. Everything shown is computed up
+front by :meth:`CamExplorer.from_run`, so moving a control only redraws (:meth:`CamExplorer.render`,
+testable without a browser). Under papermill there is no live front end: call ``show(interactive=False)``
+(what the notebooks do when run by ``conta-kit run``) and a static grid is drawn instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cam import compute_cams
+from .config import RunCfg
+from .pseudo import cams_to_labels
+
+
+class CamExplorer:
+    """CAMs of a few images for several rounds, with and without the M term.
+
+    Args:
+        images: (N, 3, H, W). masks: (N, H, W) ground truth. labels: (N, C).
+        cams: ``{round: {True: (N, C, H, W), False: ...}}`` (False = without the M term; round 0 has only True).
+        class_names: C names.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                 cams: dict[int, dict[bool, torch.Tensor]], class_names: list[str]) -> None:
+        if not cams:
+            raise ValueError("cams is empty: give at least one round")
+        for r, d in cams.items():
+            for t, c in d.items():
+                if c.shape[:2] != labels.shape or c.shape[2:] != images.shape[2:]:
+                    raise ValueError(f"cams[{r}][{t}] has shape {tuple(c.shape)}, expected "
+                                     f"{(*labels.shape, *images.shape[2:])}")
+        self.images, self.masks, self.labels, self.cams = images, masks, labels, cams
+        self.class_names = list(class_names)
+        self.last_figure: Any = None
+
+    @classmethod
+    def from_run(cls, cfg: RunCfg, seed_dir: str | Path, dataset: Any, split: str = "val",
+                 indices: list[int] | None = None, rounds: list[int] | None = None) -> CamExplorer:
+        """Load every round's classifier from a seed folder of :func:`~conta_kit.rounds.run_conta`."""
+        from .rounds import load_round_classifier
+
+        seed_dir = Path(seed_dir)
+        if rounds is None:
+            rounds = sorted(int(p.name.split("_")[1]) for p in seed_dir.glob("round_*")
+                            if (p / "checkpoints" / "classifier" / "last.pt").exists())
+        if not rounds:
+            raise FileNotFoundError(f"no trained round under {seed_dir}")
+        indices = list(range(min(8, len(dataset)))) if indices is None else list(indices)
+        items = [dataset[i] for i in indices]
+        images = torch.stack([it["image"] for it in items])
+        masks = torch.stack([it["mask"] for it in items])
+        labels = torch.stack([it["labels"] for it in items])
+        b = cfg.baseline
+        cams: dict[int, dict[bool, torch.Tensor]] = {}
+        for r in rounds:
+            model, x_m = load_round_classifier(cfg, seed_dir, r, dataset.num_classes)
+            if x_m is None:
+                cams[r] = {True: compute_cams(model, images, labels, scales=b.cam_scales, flip=b.cam_flip)}
+            else:
+                xm = x_m[split][indices].float() / 255.0
+                on, off = compute_cams(model, images, labels, scales=b.cam_scales, flip=b.cam_flip, x_m=xm,
+                                       m_term="both")
+                cams[r] = {True: on, False: off}
+        return cls(images, masks, labels, cams, list(dataset.class_names))
+
+    def present(self, index: int) -> list[int]:
+        """Class indices present in image ``index``."""
+        return torch.nonzero(self.labels[index]).flatten().tolist()
+
+    def render(self, index: int = 0, cls: int | None = None, round_index: int | None = None,
+               threshold: float = 0.15, opacity: float = 0.5, m_term: bool = True) -> Any:
+        """Figure: the CAM of class ``cls`` over the image, the pseudo-mask at ``threshold``, the ground truth."""
+        import matplotlib.pyplot as plt
+
+        from .viz import _contours, _img, _overlay, colorize
+
+        r = max(self.cams) if round_index is None else round_index
+        if r not in self.cams:
+            raise ValueError(f"round {r} not loaded; rounds: {sorted(self.cams)}")
+        present = self.present(index)
+        k = (present[0] if present else 0) if cls is None else cls
+        cams = self.cams[r][m_term if m_term in self.cams[r] else True]
+        fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
+        _overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
+        _contours(axes[0], self.masks[index], k + 1)
+        axes[0].set_title(f"CAM {self.class_names[k]}, round {r}" + ("" if m_term or r == 0 else ", M = 0"),
+                          fontsize=9)
+        pseudo = cams_to_labels(cams[index : index + 1], self.labels[index : index + 1], threshold)[0]
+        axes[1].imshow(colorize(pseudo), interpolation="nearest")
+        axes[1].set_title(f"CAM labels, background {threshold:.2f}", fontsize=9)
+        axes[2].imshow(_img(self.images[index]))
+        axes[2].imshow(colorize(self.masks[index]), alpha=0.6, interpolation="nearest")
+        axes[2].set_title("ground truth", fontsize=9)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        self.last_figure = fig
+        return fig
+
+    def static(self, count: int = 3) -> Any:
+        """A static equivalent: for the first images, the first round's and the last round's CAM (with and
+        without M) side by side."""
+        import matplotlib.pyplot as plt
+
+        from .viz import _contours, _overlay
+
+        first, last = min(self.cams), max(self.cams)
+        cols = [(first, True), (last, True)] + ([(last, False)] if False in self.cams[last] else [])
+        n = min(count, self.images.shape[0])
+        fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.5 * n), squeeze=False)
+        for i in range(n):
+            present = self.present(i)
+            k = present[0] if present else 0
+            for j, (r, t) in enumerate(cols):
+                _overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
+                _contours(axes[i, j], self.masks[i], k + 1)
+                axes[i, j].set_title(f"{self.class_names[k]}: round {r}" + ("" if t else ", M = 0"), fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def widget(self) -> Any:
+        """An ipywidgets box; every control change re-renders into its output area."""
+        import ipywidgets as w
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        n = self.images.shape[0]
+        controls = {
+            "index": w.IntSlider(0, 0, n - 1, description="image"),
+            "cls": w.Dropdown(options=[(c, i) for i, c in enumerate(self.class_names)], value=self._default_cls(0),
+                              description="class"),
+            "round_index": w.Dropdown(options=sorted(self.cams), value=max(self.cams), description="round"),
+            "threshold": w.FloatSlider(value=0.15, min=0.0, max=1.0, step=0.01, description="background"),
+            "opacity": w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity"),
+            "m_term": w.Checkbox(value=True, description="M term"),
+        }
+        out = w.Output()
+
+        def redraw(*_: Any) -> None:
+            with out:
+                out.clear_output(wait=True)
+                if self.last_figure is not None:
+                    plt.close(self.last_figure)
+                display(self.render(**{k: c.value for k, c in controls.items()}))
+
+        def new_image(change: dict[str, Any]) -> None:
+            controls["cls"].value = self._default_cls(change["new"])
+
+        controls["index"].observe(new_image, names="value")
+        for c in controls.values():
+            c.observe(redraw, names="value")
+        redraw()
+        self.controls = controls
+        return w.VBox([w.HBox(list(controls.values())[:3]), w.HBox(list(controls.values())[3:]), out])
+
+    def _default_cls(self, index: int) -> int:
+        present = self.present(index)
+        return present[0] if present else 0
+
+    def show(self, interactive: bool = True) -> Any:
+        """The widget in a live front end; the static grid otherwise (headless, papermill)."""
+        return self.widget() if interactive else self.static()
