@@ -119,7 +119,7 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _conta(args: argparse.Namespace) -> int:
-    from .rounds import run_seeds, summary_table
+    from .rounds import check_round0_source, run_seeds, summary_table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -133,6 +133,8 @@ def _conta(args: argparse.Namespace) -> int:
         else:
             overrides, seeds, round0 = {k: _literal(v) for k, v in args.param}, args.seeds, args.round0_from
             cfg = RunCfg.from_params(preset=args.preset, **overrides)
+            if round0:
+                check_round0_source(cfg, round0, seeds)  # before any folder is made
             run = Run.create(args.name, args.runs_root, params={"preset": args.preset, "overrides": overrides,
                                                                 "seeds": seeds, "round0_from": round0,
                                                                 "resolved": cfg.to_dict()},

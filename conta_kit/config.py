@@ -216,6 +216,16 @@ class RunCfg:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunCfg:
+        """Inverse of :meth:`to_dict` (e.g. ``params.json["resolved"]``; JSON lists become tuples)."""
+        def tup(v: Any) -> Any:
+            return tuple(v) if isinstance(v, list) else v
+
+        subs = {"data": DataCfg, "baseline": BaselineCfg, "conta": ContaCfg}
+        kw = {k: (subs[k](**{f: tup(x) for f, x in v.items()}) if k in subs else v) for k, v in d.items()}
+        return cls(**kw)
+
 
 def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda" when available, else "cpu"; other values are checked and returned."""

@@ -413,3 +413,28 @@ def attention_statistics(alpha: torch.Tensor, labels: torch.Tensor, class_ids: t
     hit[fg] = labels[fg, top[fg] - 1] > 0
     return {"mean_alpha": a.mean(0).tolist(), "entropy": float(ent.mean()), "top_is_present_class": float(
         hit.double().mean()), "max_alpha": float(a.max(1).values.mean())}
+
+
+@torch.no_grad()
+def prototype_quality(confounders: ConfounderSet, reference: ConfounderSet) -> dict[str, Any]:
+    """Compare a confounder set with a reference one (e.g. built from ground-truth masks): per prototype
+    the cosine similarity and the mean absolute difference of the maps, and the same two numbers averaged.
+    Also how distinct the prototypes are: mean pairwise cosine similarity within each set (1 = all alike,
+    which leaves the attention nothing to choose between)."""
+    if confounders.prototypes.shape != reference.prototypes.shape or not torch.equal(confounders.class_ids,
+                                                                                     reference.class_ids):
+        raise ValueError(f"sets differ: {tuple(confounders.prototypes.shape)} ids {confounders.class_ids.tolist()} "
+                         f"vs {tuple(reference.prototypes.shape)} ids {reference.class_ids.tolist()}")
+    a = confounders.prototypes.flatten(1).double()
+    b = reference.prototypes.flatten(1).double()
+    cos = F.cosine_similarity(a, b, dim=1, eps=1e-12)
+    l1 = (a - b).abs().mean(1)
+
+    def within(x: torch.Tensor) -> float:
+        n = F.normalize(x, dim=1, eps=1e-12)
+        sim = n @ n.t()
+        k = x.shape[0]
+        return float((sim.sum() - sim.diagonal().sum()) / max(k * (k - 1), 1))
+
+    return {"cosine": cos.tolist(), "mean_cosine": float(cos.mean()), "abs_diff": l1.tolist(),
+            "mean_abs_diff": float(l1.mean()), "within_cosine": within(a), "within_cosine_reference": within(b)}

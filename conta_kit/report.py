@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import Run, atomic_write_text, read_json
-from .rounds import load_summary, summary_table
+from .rounds import diagnose_prototypes, load_summary, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -37,15 +37,47 @@ def _provenance(run: Run) -> str:
     where = env.get("gpu") or f"{', '.join(sorted(d for d in devices if d))} ({env.get('platform')})"
     return (f"Run folder `{run.path.name}`: preset `{params.get('preset')}`"
             + (f", overrides `{over}`" if over else "") + f", seeds {seeds}, commit `{env.get('git_commit')}`, "
-            f"device {where}; {total / 60:.0f} min of compute over all seeds and rounds.")
+            f"device {where}; rounds took {total / 60:.0f} min of wall time summed over seeds (seeds may run in "
+            f"parallel).")
 
 
-def conta_markdown(run_dir: str | Path) -> str:
-    """Table of rounds x headline metrics (mean ± std over seeds) plus the M diagnostics, with provenance."""
+def prototype_markdown(run_dir: str | Path) -> str:
+    """Per round: the confounder set built after it against the one built from ground-truth masks
+    (cosine similarity) and how alike its prototypes are (mean pairwise cosine), mean ± std over seeds."""
     run = Run(run_dir)
-    summary = load_summary(run_dir)
-    return (_provenance(run) + "\n\n" + summary_table(summary, TABLE_METRICS) + "\nDiagnostics of the adjusted "
-            "classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS))
+    per_round: dict[int, dict[str, list[float]]] = {}
+    for seed_dir in sorted(run.path.glob("seed_*")):
+        for row in diagnose_prototypes(seed_dir):
+            d = per_round.setdefault(row["round"], {})
+            for k in ("mean_cosine", "within_cosine", "within_cosine_reference", "mean_abs_diff"):
+                d.setdefault(k, []).append(row[k])
+    if not per_round:
+        return "(no confounder set in this run)\n"
+    lines = ["| C built after round | cosine to C from ground truth | mean abs. difference | pairwise cosine within C "
+             "| same, C from ground truth |", "|---|---|---|---|---|"]
+
+    def ms(v: list[float]) -> str:
+        m = sum(v) / len(v)
+        s = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else float("nan")
+        return f"{m:.3f} ± {s:.3f}"
+
+    for t, d in sorted(per_round.items()):
+        lines.append(f"| {t} | {ms(d['mean_cosine'])} | {ms(d['mean_abs_diff'])} | {ms(d['within_cosine'])} | "
+                     f"{ms(d['within_cosine_reference'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
+    """Table of rounds x headline metrics (mean ± std over seeds) plus the M and prototype diagnostics, with
+    provenance."""
+    run = Run(run_dir)
+    summary = load_summary(run_dir, partial=True)
+    note = " **Partial: the run was still going; rounds every seed had finished.**" if summary.get("partial") else ""
+    text = (_provenance(run) + note + "\n\n" + summary_table(summary, TABLE_METRICS)
+            + "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS))
+    if prototypes:
+        text += "\nPrototype quality:\n\n" + prototype_markdown(run_dir)
+    return text
 
 
 ABLATION_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage",

@@ -61,6 +61,34 @@ def _round0_key(cfg: RunCfg) -> dict[str, Any]:
     return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline")}
 
 
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Paths where two settings dicts differ; a field ``theirs`` lacks (added to the kit since) is skipped."""
+    out = []
+    for k, v in ours.items():
+        if k not in theirs:
+            continue
+        if isinstance(v, dict) and isinstance(theirs[k], dict):
+            out += _differences(v, theirs[k], f"{prefix}{k}.")
+        elif v != theirs[k]:
+            out.append(f"{prefix}{k}: {theirs[k]!r} there, {v!r} here")
+    return out
+
+
+def check_round0_source(cfg: RunCfg, round0_from: str | Path, seeds: list[int]) -> None:
+    """Raise (before anything is made) unless ``round0_from/seed_<s>/round_0`` is finished for every seed
+    and was made with the same seed, data and baseline settings."""
+    for s in seeds:
+        src = Path(round0_from) / f"seed_{s}"
+        if not (src / "round_0" / "metrics.json").exists():
+            raise FileNotFoundError(f"{src / 'round_0'} holds no finished round 0 (metrics.json missing)")
+        theirs = read_json(src / "params.json").get("resolved") if (src / "params.json").exists() else None
+        if theirs is None:
+            raise ValueError(f"{src / 'params.json'} does not record the settings of its round 0")
+        differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(replace(cfg, seed=s))))), theirs)
+        if differ:
+            raise ValueError(f"round 0 in {src} was made with other settings than this run: {differ}")
+
+
 def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, Any], progress: bool) -> None:
     """Copy a finished round 0 (the baseline does not depend on CONTA's options) from another seed folder
     and rebuild x_m and C from its segmenter with this run's options. Refuses a different seed/data/baseline.
@@ -71,10 +99,13 @@ def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, An
     if not (src_round / "metrics.json").exists():
         raise FileNotFoundError(f"{src_round} holds no finished round 0 (metrics.json missing)")
     theirs = read_json(params).get("resolved") if params.exists() else None
+    if theirs is None:
+        raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
     ours = json.loads(json.dumps(to_jsonable(_round0_key(cfg))))
-    if theirs is None or {k: theirs.get(k) for k in ours} != ours:
-        raise ValueError(f"round 0 in {src_round} was made with other settings (seed, data or baseline) than "
-                         f"this run; see {params}")
+    differ = _differences(ours, theirs)
+    if differ:
+        raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
+                         f"(see {params})")
     dst = run.path / "round_0"
     if dst.exists():
         raise ValueError(f"{dst} exists already; not overwriting it")
@@ -197,12 +228,24 @@ def summary_table(summary: dict[str, Any], names: tuple[str, ...] = ("seed_miou_
     return head + "\n".join(rows) + "\n"
 
 
-def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    """``summary`` from a run folder's metrics.json (written by :func:`run_seeds`)."""
-    m = Run(run_dir).metrics
-    if "summary" not in m:
-        raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")
-    return m["summary"]
+def load_summary(run_dir: str | Path, partial: bool = False) -> dict[str, Any]:
+    """``summary`` from a run folder's metrics.json (written by :func:`run_seeds` when every seed is done).
+
+    ``partial=True`` summarises a run still in progress from its seed folders, over the rounds that every
+    seed has finished (marked ``"partial": True``)."""
+    run = Run(run_dir)
+    m = run.metrics
+    if "summary" in m:
+        return m["summary"]
+    if partial:
+        per_seed = {}
+        for d in sorted(run.path.glob("seed_*")):
+            rounds = Run(d).metrics.get("conta", {}).get("rounds", [])
+            if rounds:
+                per_seed[int(d.name.split("_")[1])] = rounds
+        if per_seed:
+            return {**summarize(per_seed), "partial": True}
+    raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")
 
 
 def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
@@ -235,3 +278,30 @@ def seed_run(run: Run, cfg: RunCfg) -> Run:
         write_json(p / "metrics.json", {})
         (p / "figures").mkdir()
     return Run(p)
+
+
+def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list[dict[str, Any]]:
+    """For every round's confounder set in a seed folder: its quality against the prototypes built the same
+    way from the ground-truth training masks (:func:`~conta_kit.conta.prototype_quality`), and how much
+    the prototypes differ from each other."""
+    from .conta import build_confounder_set, prototype_quality
+    from .data import collate
+
+    seed_dir = Path(seed_dir)
+    paths = sorted(seed_dir.glob("round_*/confounders.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not paths:
+        return []
+    cfg = cfg or RunCfg.from_dict(read_json(seed_dir / "params.json")["resolved"])
+    train = load_splits(cfg)["train"]
+    out = []
+    ref_by_grid: dict[tuple[int, int], ConfounderSet] = {}
+    for path in paths:
+        conf = ConfounderSet.load(path)
+        if conf.grid not in ref_by_grid:
+            batches = (collate([train[j] for j in range(i, min(i + 256, len(train)))])
+                       for i in range(0, len(train), 256))
+            ref_by_grid[conf.grid] = build_confounder_set(
+                ((b["mask"], b["labels"] if cfg.conta.present == "label" else None) for b in batches),
+                train.num_classes, conf.grid, prior=cfg.conta.prior, include_bg=cfg.conta.include_bg)
+        out.append({"round": int(path.parent.name.split("_")[1]), **prototype_quality(conf, ref_by_grid[conf.grid])})
+    return out

@@ -245,3 +245,17 @@ def test_to_grid_block_means_and_flip():
     torch.testing.assert_close(to_grid(x, (4, 4)), x.view(2, 4, 3, 4, 3).mean(dim=(2, 4)))
     torch.testing.assert_close(to_grid(x.flip(-1), (5, 5)), to_grid(x, (5, 5)).flip(-1))
     torch.testing.assert_close(to_grid(x.flip(-1), (20, 20)), to_grid(x, (20, 20)).flip(-1))
+
+
+def test_prototype_quality_against_a_reference():
+    from conta_kit.conta import prototype_quality
+
+    ref = _orthogonal_set(k=3, h=2, w=2)
+    same = prototype_quality(ref, ref)
+    assert same["mean_cosine"] == pytest.approx(1.0) and same["mean_abs_diff"] == 0.0
+    assert same["within_cosine"] == pytest.approx(0.0)  # orthogonal prototypes are fully distinct
+    blurred = ConfounderSet(torch.full((3, 2, 2), 0.25), ref.prior, ref.counts, ref.class_ids)
+    q = prototype_quality(blurred, ref)
+    assert q["mean_cosine"] == pytest.approx(0.5) and q["within_cosine"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sets differ"):
+        prototype_quality(_orthogonal_set(k=2, h=2, w=2), ref)

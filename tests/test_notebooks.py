@@ -44,6 +44,7 @@ def test_main_sequence_smoke(tmp_path):
     assert m["cams"]["seed"]["miou_fixed"] == rounds[0]["seed"]["miou_fixed"] > 0
     assert 0 <= m["cams"]["classifier"]["context_reliance"] <= 1
     assert m["prototypes"]["rounds"] == [0] and len(m["prototypes"]["counts"]["0"]) == 8
+    assert len(m["prototypes"]["quality"][0]["cosine"]) == 8
     assert m["before_after"]["rounds"] == [0, 1] and m["before_after"]["mean_abs_cam_change"] >= 0
     assert [r["seed"] for r in m["segmentation_rounds"]] == [r["seed"]["miou_fixed"] for r in rounds]
     assert m["report"]["rounds"] == 2 and (run.path / "report.md").read_text().startswith("## This run")

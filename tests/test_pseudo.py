@@ -67,3 +67,23 @@ def test_fast_labels_equal_the_argmax_over_a_background_plane():
         assert torch.equal(cams_to_labels(cams, labels, t), ref)
         score, ids = foreground_argmax(cams, labels)
         assert torch.equal(torch.where(score > t, ids, torch.zeros_like(ids)), ref)
+
+
+def test_crf_snaps_a_blurred_cam_to_the_colour_edge():
+    pytest.importorskip("pydensecrf.densecrf")
+    h, w = 32, 32
+    img = torch.zeros(1, 3, h, w)
+    img[0, 0, :, :12] = 1.0  # red object on the left, dark background: the true edge is at column 12
+    gt = torch.zeros(1, h, w, dtype=torch.long)
+    gt[0, :, :12] = 1
+    ramp = (1.0 - torch.arange(w) / 26.0).clamp_min(0).expand(h, w)  # a CAM that fades out 6 px past the edge
+    cams = ramp[None, None].clone()
+    labels = torch.ones(1, 1)
+    plain = cams_to_labels(cams, labels, 0.3)
+    refined = cams_to_labels(cams, labels, 0.3, refine="crf", images=img)
+
+    def iou(pred):
+        inter = ((pred == 1) & (gt == 1)).sum()
+        return float(inter / ((pred == 1) | (gt == 1)).sum())
+
+    assert iou(refined) > iou(plain) + 0.1

@@ -10,7 +10,7 @@ from conta_kit.config import RunCfg
 from conta_kit.conta import ConfounderSet
 from conta_kit.io import Run, read_json
 from conta_kit.pipeline import joint_augment
-from conta_kit.rounds import run_conta, run_seeds, summarize, summary_table
+from conta_kit.rounds import diagnose_prototypes, run_conta, run_seeds, summarize, summary_table
 
 
 def test_joint_augment_moves_x_m_with_the_image_and_pads_masks():
@@ -55,6 +55,8 @@ def test_conta_rounds_artifacts_and_resume(tmp_path):
     assert (r1 / "artifacts" / "attention.pt").exists() and "without_m" in rounds[1]["seed"]
     assert "logit_share_from_m" in rounds[1]["m"]
     assert run.metrics["conta"]["rounds"][1]["seed"]["miou_fixed"] == rounds[1]["seed"]["miou_fixed"]
+    (diag,) = diagnose_prototypes(run.path, cfg)  # round 0's C against C from the ground-truth masks
+    assert diag["round"] == 0 and len(diag["cosine"]) == 8 and 0 <= diag["within_cosine_reference"] <= 1
     # stop inside round 1 (its segmenter lost): a rerun keeps round 0 and finishes round 1 the same way
     (r1 / "metrics.json").unlink()
     (r1 / "checkpoints" / "segmenter" / "last.pt").unlink()
@@ -83,14 +85,19 @@ def test_cli_conta_two_seeds_summary(tmp_path, capsys):
     # an ablation reuses round 0 of the same seed and rebuilds C with its own options
     abl = tmp_path / "abl"
     assert main(["conta", "--preset", "smoke", "--seeds", "1", "-p", "rounds", "1", "-p", "include_bg", "True",
-                 "--round0-from", str(run_dir), "--runs-root", str(abl), "--no-progress"]) == 0
+                 "-p", "init", "previous", "--round0-from", str(run_dir), "--runs-root", str(abl),
+                 "--no-progress"]) == 0
     seed_dir = next(abl.iterdir()) / "seed_1"
-    assert read_json(seed_dir / "round_0" / "metrics.json") == read_json(run_dir / "seed_1" / "round_0" /
-                                                                          "metrics.json")
+    r0 = read_json(seed_dir / "round_0" / "metrics.json")
+    assert r0 == read_json(run_dir / "seed_1" / "round_0" / "metrics.json")
     assert len(ConfounderSet.load(seed_dir / "round_0" / "confounders.pt")) == 9  # 8 classes + background
+    r1 = read_json(seed_dir / "round_1" / "metrics.json")  # init=previous: round 1 starts from round 0's weights
+    assert r1["classifier"]["history"][0]["loss"] < r0["classifier"]["history"][0]["loss"]
     assert main(["conta", "--preset", "smoke", "--seeds", "1", "-p", "cooccurrence", "0.5", "--round0-from",
                  str(run_dir), "--runs-root", str(abl), "--no-progress"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings" in err and "cooccurrence: 0.9 there, 0.5 here" in err
+    assert len(list(abl.iterdir())) == 1  # the refused run made no folder
 
 
 def test_run_seeds_rejects_duplicate_seeds(tmp_path):
@@ -110,7 +117,7 @@ def test_report_writes_the_marked_block(tmp_path):
         write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": {"rounds": r}})
     run.log_metrics("summary", summarize(rounds))
     text = conta_markdown(run.path)
-    assert "0.250 ± 0.071" in text and "seeds [0, 1]" in text and "2 min of compute" in text
+    assert "0.250 ± 0.071" in text and "seeds [0, 1]" in text and "2 min of wall time" in text
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:conta -->\nold\n<!-- /results:conta -->\nend\n")
     update_block(readme, "conta", text)
