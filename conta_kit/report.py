@@ -1,7 +1,7 @@
 """Render results from run folders as markdown, and write them into a marked block of a file (the README).
 
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
-    python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--update README.md --block ablations]
+    python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--seed 0] [--update README.md --block ablations]
 
 The block between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` is replaced with the table
 made from RUN_DIR's metrics.json, so every number in the README comes from a run folder.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import Run, atomic_write_text, read_json
-from .rounds import diagnose_prototypes, load_summary, summary_table
+from .rounds import diagnose_prototypes, load_summary, summarize, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -49,12 +49,15 @@ def prototype_markdown(run_dir: str | Path) -> str:
     for seed_dir in sorted(run.path.glob("seed_*")):
         for row in diagnose_prototypes(seed_dir):
             d = per_round.setdefault(row["round"], {})
-            for k in ("mean_cosine", "within_cosine", "within_cosine_reference", "mean_abs_diff"):
-                d.setdefault(k, []).append(row[k])
+            for k in ("mean_cosine", "within_cosine", "within_cosine_reference", "mean_abs_diff", "x_m_mean_train",
+                      "object_pixel_share_train"):
+                if k in row:
+                    d.setdefault(k, []).append(row[k])
     if not per_round:
         return "(no confounder set in this run)\n"
     lines = ["| C built after round | cosine to C from ground truth | mean abs. difference | pairwise cosine within C "
-             "| same, C from ground truth |", "|---|---|---|---|---|"]
+             "| same, C from ground truth | x_m mean (train) | object pixel share (train) |",
+             "|---|---|---|---|---|---|---|"]
 
     def ms(v: list[float]) -> str:
         m = sum(v) / len(v)
@@ -62,8 +65,9 @@ def prototype_markdown(run_dir: str | Path) -> str:
         return f"{m:.3f} ± {s:.3f}"
 
     for t, d in sorted(per_round.items()):
+        extra = " | ".join(ms(d[k]) if k in d else "—" for k in ("x_m_mean_train", "object_pixel_share_train"))
         lines.append(f"| {t} | {ms(d['mean_cosine'])} | {ms(d['mean_abs_diff'])} | {ms(d['within_cosine'])} | "
-                     f"{ms(d['within_cosine_reference'])} |")
+                     f"{ms(d['within_cosine_reference'])} | {extra} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,9 +88,9 @@ ABLATION_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_mio
                     "logit_share_from_m", "attention_entropy")
 
 
-def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1) -> str:
+def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: int | None = None) -> str:
     """One row per run folder (its ``-p`` overrides name it) at ``round_index``, plus the round-0 baseline
-    of the first; mean ± std when a run has several seeds."""
+    of the first; mean ± std when a run has several seeds; ``seed`` restricts every run to that seed."""
     head = "| variant | round | seeds | " + " | ".join(ABLATION_METRICS) + " |\n" + \
         "|---|---|---|" + "---|" * len(ABLATION_METRICS) + "\n"
     rows = []
@@ -104,7 +108,14 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1) -> str:
 
     for i, d in enumerate(run_dirs):
         run = Run(d)
-        summary = load_summary(d)
+        if seed is not None:
+            sd = run.path / f"seed_{seed}"
+            rounds = Run(sd).metrics.get("conta", {}).get("rounds", []) if sd.is_dir() else []
+            if not rounds:
+                raise ValueError(f"{run.path / f'seed_{seed}'} has no finished round")
+            summary = summarize({seed: rounds})
+        else:
+            summary = load_summary(d, partial=True)
         over = run.params.get("overrides") or {}
         name = ", ".join(f"{k}={v}" for k, v in over.items() if k != "rounds") or "paper defaults"
         by_round = {r["round"]: r for r in summary["rounds"]}
@@ -131,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several")
     p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
     p.add_argument("--round", type=int, default=1)
+    p.add_argument("--seed", type=int, help="with --ablations: compare this seed of every run")
     p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
     p.add_argument("--block", default="conta")
     args = p.parse_args(argv)
     try:
         if args.ablations:
-            text = ablation_markdown(args.run_dirs, args.round)
+            text = ablation_markdown(args.run_dirs, args.round, args.seed)
         elif len(args.run_dirs) == 1:
             text = conta_markdown(args.run_dirs[0])
         else:

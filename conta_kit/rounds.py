@@ -295,6 +295,11 @@ def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list
     train = load_splits(cfg)["train"]
     out = []
     ref_by_grid: dict[tuple[int, int], ConfounderSet] = {}
+    obj = tot = 0
+    for i in range(len(train)):
+        m = train[i]["mask"]
+        obj, tot = obj + int(((m > 0) & (m != 255)).sum()), tot + m.numel()
+    object_share = obj / max(tot, 1)
     for path in paths:
         conf = ConfounderSet.load(path)
         if conf.grid not in ref_by_grid:
@@ -303,5 +308,10 @@ def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list
             ref_by_grid[conf.grid] = build_confounder_set(
                 ((b["mask"], b["labels"] if cfg.conta.present == "label" else None) for b in batches),
                 train.num_classes, conf.grid, prior=cfg.conta.prior, include_bg=cfg.conta.include_bg)
-        out.append({"round": int(path.parent.name.split("_")[1]), **prototype_quality(conf, ref_by_grid[conf.grid])})
+        row = {"round": int(path.parent.name.split("_")[1]), **prototype_quality(conf, ref_by_grid[conf.grid])}
+        xm_path = path.parent / "x_m.pt"
+        if xm_path.exists():  # how much of the image the segmenter calls foreground, against the truth
+            row["x_m_mean_train"] = float(torch.load(xm_path, weights_only=True)["train"].float().mean() / 255)
+            row["object_pixel_share_train"] = object_share
+        out.append(row)
     return out

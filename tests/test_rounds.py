@@ -57,6 +57,7 @@ def test_conta_rounds_artifacts_and_resume(tmp_path):
     assert run.metrics["conta"]["rounds"][1]["seed"]["miou_fixed"] == rounds[1]["seed"]["miou_fixed"]
     (diag,) = diagnose_prototypes(run.path, cfg)  # round 0's C against C from the ground-truth masks
     assert diag["round"] == 0 and len(diag["cosine"]) == 8 and 0 <= diag["within_cosine_reference"] <= 1
+    assert 0 <= diag["x_m_mean_train"] <= 1 and 0 < diag["object_pixel_share_train"] < 1
     # stop inside round 1 (its segmenter lost): a rerun keeps round 0 and finishes round 1 the same way
     (r1 / "metrics.json").unlink()
     (r1 / "checkpoints" / "segmenter" / "last.pt").unlink()
@@ -128,6 +129,7 @@ def test_report_writes_the_marked_block(tmp_path):
 
 
 def test_ablation_table_names_rows_by_overrides(tmp_path):
+    from conta_kit.io import write_json
     from conta_kit.report import ablation_markdown
 
     dirs = []
@@ -140,3 +142,10 @@ def test_ablation_table_names_rows_by_overrides(tmp_path):
     assert "| baseline (round 0) | 0 | [0] | 0.250 |" in text
     assert "| paper defaults | 1 | [0] | 0.300 |" in text and "| m_scale=convex | 1 | [0] | 0.400 |" in text
     assert "0.0100" in text
+    with pytest.raises(ValueError, match="no finished round"):
+        ablation_markdown(dirs, seed=0)  # these folders have summaries but no seed_0/
+    for d, v in zip(dirs, (0.3, 0.4)):
+        (d / "seed_0").mkdir()
+        write_json(d / "seed_0" / "metrics.json", {"conta": {"rounds": [{"seed": {"miou_fixed": 0.25}},
+                                                                         {"seed": {"miou_fixed": v}}]}})
+    assert "| m_scale=convex | 1 | [0] | 0.400 |" in ablation_markdown(dirs, seed=0)
