@@ -217,13 +217,19 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
     return summary
 
 
+def _fmt(mean: float, std: float) -> str:
+    if mean != 0 and abs(mean) < 0.01:  # small diagnostics (the logit share of M) keep their digits
+        return f"{mean:.1e} ± {std:.1e}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
 def summary_table(summary: dict[str, Any], names: tuple[str, ...] = ("seed_miou_fixed", "seed_miou_best",
                   "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance")) -> str:
     """A markdown table (rounds x metrics, mean ± std) of :func:`summarize`'s output."""
     head = "| round | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     rows = []
     for r in summary["rounds"]:
-        cells = [f"{r[n]['mean']:.3f} ± {r[n]['std']:.3f}" if n in r else "—" for n in names]
+        cells = [_fmt(r[n]["mean"], r[n]["std"]) if n in r else "—" for n in names]
         rows.append(f"| {r['round']} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
 
