@@ -293,6 +293,20 @@ def _m_statistics(model: ContaClassifier, dataset: Dataset, batch_size: int, dev
     return out
 
 
+def build_round_classifier(cfg: RunCfg, num_classes: int, confounders: ConfounderSet | None = None, *,
+                           load_pretrained: bool = True) -> torch.nn.Module:
+    """The classifier of a round: the baseline's for round 0 (``confounders=None``), else a
+    :class:`~conta_kit.conta.ContaClassifier` with ``cfg.conta``'s adjustment and fusion point.
+    ``load_pretrained=False`` skips ``cfg.baseline.pretrained`` (when a checkpoint is loaded next)."""
+    b, c = cfg.baseline, cfg.conta
+    model: torch.nn.Module = build_classifier(b.backbone, num_classes,
+                                              pretrained=b.pretrained if load_pretrained else None)
+    if confounders is not None:
+        kw = {"temperature": c.temperature, "m_scale": c.m_scale} if c.adjustment == "backdoor" else {}
+        model = ContaClassifier(model, build_adjustment(c.adjustment, confounders, **kw), fusion=c.fusion)
+    return model
+
+
 def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: bool = True, resume: bool = False,
               confounders: ConfounderSet | None = None, x_m: dict[str, torch.Tensor] | None = None,
               next_round: bool = False, round_index: int = 0) -> dict[str, Any]:
@@ -315,11 +329,8 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
     t0 = time.perf_counter()
 
     torch.manual_seed(cfg.seed)  # every round's classifier starts from the same initialisation
-    model: torch.nn.Module = build_classifier(b.backbone, train.num_classes, pretrained=b.pretrained)
+    model = build_round_classifier(cfg, train.num_classes, confounders)
     if adjusted:
-        adj = build_adjustment(c.adjustment, confounders, temperature=c.temperature, m_scale=c.m_scale) \
-            if c.adjustment == "backdoor" else build_adjustment(c.adjustment, confounders)
-        model = ContaClassifier(model, adj, fusion=c.fusion)
         prev = root.parent / f"round_{round_index - 1}" / "checkpoints" / "classifier" / "last.pt"
         if c.init == "previous" and prev.exists():
             state = torch.load(prev, map_location="cpu", weights_only=True)["model"]

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -74,19 +75,26 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "")
     return out
 
 
+def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
+    """Raise unless ``src_round`` is a finished round 0 made with ``cfg``'s seed, data and baseline settings
+    (as recorded in ``params``)."""
+    if not (src_round / "metrics.json").exists():
+        raise FileNotFoundError(f"{src_round} holds no finished round 0 (metrics.json missing)")
+    theirs = read_json(params).get("resolved") if params.exists() else None
+    if theirs is None:
+        raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
+    differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)
+    if differ:
+        raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
+                         f"(see {params})")
+
+
 def check_round0_source(cfg: RunCfg, round0_from: str | Path, seeds: list[int]) -> None:
     """Raise (before anything is made) unless ``round0_from/seed_<s>/round_0`` is finished for every seed
     and was made with the same seed, data and baseline settings."""
     for s in seeds:
         src = Path(round0_from) / f"seed_{s}"
-        if not (src / "round_0" / "metrics.json").exists():
-            raise FileNotFoundError(f"{src / 'round_0'} holds no finished round 0 (metrics.json missing)")
-        theirs = read_json(src / "params.json").get("resolved") if (src / "params.json").exists() else None
-        if theirs is None:
-            raise ValueError(f"{src / 'params.json'} does not record the settings of its round 0")
-        differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(replace(cfg, seed=s))))), theirs)
-        if differ:
-            raise ValueError(f"round 0 in {src} was made with other settings than this run: {differ}")
+        _check_round0(replace(cfg, seed=s), src / "round_0", src / "params.json")
 
 
 def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, Any], progress: bool) -> None:
@@ -95,17 +103,7 @@ def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, An
     """
     source = Path(source)
     src_round = source / "round_0" if (source / "round_0").is_dir() else source
-    params = source.parent / "params.json" if src_round == source else source / "params.json"
-    if not (src_round / "metrics.json").exists():
-        raise FileNotFoundError(f"{src_round} holds no finished round 0 (metrics.json missing)")
-    theirs = read_json(params).get("resolved") if params.exists() else None
-    if theirs is None:
-        raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
-    ours = json.loads(json.dumps(to_jsonable(_round0_key(cfg))))
-    differ = _differences(ours, theirs)
-    if differ:
-        raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
-                         f"(see {params})")
+    _check_round0(cfg, src_round, source.parent / "params.json" if src_round == source else source / "params.json")
     dst = run.path / "round_0"
     if dst.exists():
         raise ValueError(f"{dst} exists already; not overwriting it")
@@ -258,19 +256,16 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
                           num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The trained classifier of a round (a plain classifier for round 0, else a ContaClassifier built with
     the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8; None for round 0)."""
-    from .conta import ContaClassifier, build_adjustment
-    from .models import build_classifier, load_checkpoint
+    from .models import load_checkpoint
+    from .pipeline import build_round_classifier
 
     seed_dir = Path(seed_dir)
-    b, c = cfg.baseline, cfg.conta
-    model: torch.nn.Module = build_classifier(b.backbone, num_classes, pretrained=None)
-    x_m = None
+    conf, x_m = None, None
     if round_index > 0:
         prev = seed_dir / f"round_{round_index - 1}"
         conf = ConfounderSet.load(prev / "confounders.pt")
-        kw = {"temperature": c.temperature, "m_scale": c.m_scale} if c.adjustment == "backdoor" else {}
-        model = ContaClassifier(model, build_adjustment(c.adjustment, conf, **kw), fusion=c.fusion)
         x_m = torch.load(prev / "x_m.pt", map_location="cpu", weights_only=True)
+    model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)  # weights come from the checkpoint
     load_checkpoint(model, seed_dir / f"round_{round_index}" / "checkpoints" / "classifier" / "last.pt")
     return model.eval(), x_m
 
@@ -301,19 +296,22 @@ def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list
     train = load_splits(cfg)["train"]
     out = []
     ref_by_grid: dict[tuple[int, int], ConfounderSet] = {}
-    obj = tot = 0
-    for i in range(len(train)):
-        m = train[i]["mask"]
-        obj, tot = obj + int(((m > 0) & (m != 255)).sum()), tot + m.numel()
-    object_share = obj / max(tot, 1)
+    pixels = [0, 0]  # object pixels, all pixels of train: counted during the first pass
+
+    def masks() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for i in range(0, len(train), 256):
+            b = collate([train[j] for j in range(i, min(i + 256, len(train)))])
+            if not ref_by_grid:
+                pixels[0] += int(((b["mask"] > 0) & (b["mask"] != 255)).sum())
+                pixels[1] += b["mask"].numel()
+            yield b["mask"], b["labels"] if cfg.conta.present == "label" else None
+
     for path in paths:
         conf = ConfounderSet.load(path)
         if conf.grid not in ref_by_grid:
-            batches = (collate([train[j] for j in range(i, min(i + 256, len(train)))])
-                       for i in range(0, len(train), 256))
-            ref_by_grid[conf.grid] = build_confounder_set(
-                ((b["mask"], b["labels"] if cfg.conta.present == "label" else None) for b in batches),
-                train.num_classes, conf.grid, prior=cfg.conta.prior, include_bg=cfg.conta.include_bg)
+            ref_by_grid[conf.grid] = build_confounder_set(masks(), train.num_classes, conf.grid,
+                                                          prior=cfg.conta.prior, include_bg=cfg.conta.include_bg)
+        object_share = pixels[0] / max(pixels[1], 1)
         row = {"round": int(path.parent.name.split("_")[1]), **prototype_quality(conf, ref_by_grid[conf.grid])}
         xm_path = path.parent / "x_m.pt"
         if xm_path.exists():  # how much of the image the segmenter calls foreground, against the truth

