@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-PRESETS = ("smoke", "default", "gpu", "voc")
+PRESETS = ("smoke", "default", "bench", "gpu", "voc")
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,68 @@ class ContaCfg:
 
 
 @dataclass(frozen=True)
+class WOoDConfig:
+    """W-OoD (CVPR 2022): a trained round classifier is fine-tuned for ``ft_epochs`` more epochs.
+
+    ``finetune`` is "off" (no extra stage: the CONTA run as before), "plain" (the extra epochs with the
+    classification loss only: the fair baseline, same epochs and schedule) or "wood" (the extra epochs
+    with W-OoD's metric and OoD terms). Defaults follow the official code (see docs/wood.md).
+
+    Attributes:
+        finetune: "off", "plain" or "wood".
+        ft_epochs: extra epochs (paper: 5 on top of IRNet's classifier). ft_lr: their lr (None = cls_lr).
+        pool: the OoD training images: "hard" (the paired contexts alone), "random" (other backgrounds)
+            or "mined" (the starting classifier's false positives among random backgrounds).
+        num_pool: images in the pool (for "mined": candidates scored). mine_thr, mine_top_n: a candidate
+            is kept when its max class probability is >= mine_thr; then the top_n highest (None = all).
+        ood_batch_size: OoD images per step (None = the classifier's batch size, as in the paper).
+        lambda_metric, beta_ood: weights of the metric term (0.007) and the OoD classification term (0.25).
+        k, kmeans_iters, kmeans_init: OoD centres Q_k: K-means with K = 50, 10 Lloyd iterations, seeded
+            "kmeans++" initial centres ("first": the first K features, as in the official code).
+        push_frac: share of the batch's (image, OoD centre) pairs that are pushed apart (the closest 20 %).
+        ascent_eps: the one gradient-ascent step on OoD pixels that raises their max logit (0 = off).
+        refresh_every: recompute P_c and Q_k every n epochs (0 = frozen at the start, the paper).
+        margin: None (the paper's unbounded push) or m > 0: push only pairs closer than m, by m - e.
+        exclude_class: None, or the class index whose top-scoring OoD images get no OoD loss (the
+            official code's hard-coded index 4).
+    """
+
+    finetune: str = "off"
+    ft_epochs: int = 3
+    ft_lr: float | None = None
+    pool: str = "hard"
+    num_pool: int = 500
+    mine_thr: float = 0.5
+    mine_top_n: int | None = None
+    ood_batch_size: int | None = None
+    lambda_metric: float = 0.007
+    beta_ood: float = 0.25
+    k: int = 50
+    kmeans_iters: int = 10
+    kmeans_init: str = "kmeans++"
+    push_frac: float = 0.2
+    ascent_eps: float = 0.07
+    refresh_every: int = 0
+    margin: float | None = None
+    exclude_class: int | None = None
+
+    def __post_init__(self) -> None:
+        choices = {"finetune": ("off", "plain", "wood"), "pool": ("hard", "random", "mined"),
+                   "kmeans_init": ("kmeans++", "first")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.ft_epochs < 1 or self.num_pool < 1 or self.k < 1 or self.kmeans_iters < 1:
+            raise ValueError("ft_epochs, num_pool, k and kmeans_iters must be >= 1")
+        if not 0.0 < self.push_frac <= 1.0:
+            raise ValueError(f"push_frac must be in (0, 1], got {self.push_frac}")
+        if self.margin is not None and self.margin <= 0:
+            raise ValueError(f"margin must be None or > 0, got {self.margin}")
+        if self.lambda_metric < 0 or self.beta_ood < 0 or self.ascent_eps < 0 or self.refresh_every < 0:
+            raise ValueError("lambda_metric, beta_ood, ascent_eps and refresh_every must be >= 0")
+
+
+@dataclass(frozen=True)
 class RunCfg:
     """Everything one run of the kit needs.
 
@@ -141,6 +203,7 @@ class RunCfg:
         data_source: "scenes" (embedded benchmark), "voc" or "coco" (from ``data_root``).
         data_root: dataset folder for "voc"/"coco".
         data: :class:`DataCfg`. baseline: :class:`BaselineCfg`. conta: :class:`ContaCfg`.
+        wood: :class:`WOoDConfig` (the extra fine-tuning stage of every round; off by default).
     """
 
     preset: str = "default"
@@ -151,6 +214,7 @@ class RunCfg:
     data: DataCfg = field(default_factory=DataCfg)
     baseline: BaselineCfg = field(default_factory=BaselineCfg)
     conta: ContaCfg = field(default_factory=ContaCfg)
+    wood: WOoDConfig = field(default_factory=WOoDConfig)
 
     def __post_init__(self) -> None:
         if self.data_source not in ("scenes", "voc", "coco"):
@@ -171,20 +235,28 @@ class RunCfg:
                                                     num_ood=48),
                        baseline=BaselineCfg(cls_epochs=3, cls_lr=0.1, seg_epochs=2, seg_lr=0.1, cam_scales=(1.0, 0.5),
                                             cls_batch_size=16, seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)),
-                       conta=ContaCfg(rounds=1))
+                       conta=ContaCfg(rounds=1), wood=WOoDConfig(ft_epochs=1, num_pool=48, k=8))
+        if preset == "bench":  # the confounding sweep on the CPU: every (rho, method, seed) in about a minute
+            return cls(preset="bench", data=DataCfg(image_size=64, num_train=600, num_val=200, num_shifted=200,
+                                                    num_ood=200),
+                       baseline=BaselineCfg(cls_epochs=6, cls_lr=0.1, seg_epochs=4, seg_lr=0.1, cam_scales=(1.0, 0.5),
+                                            threshold_grid=tuple(round(0.05 * i, 2) for i in range(1, 13))),
+                       wood=WOoDConfig(ft_epochs=2, num_pool=300))
         if preset == "gpu":  # the embedded benchmark, larger, with ResNet-50 / DeepLabV3 (untested without a GPU)
             return cls(preset="gpu", data=DataCfg(image_size=160, num_train=10000, num_val=1000, num_shifted=1000,
                                                   num_ood=1000),
                        baseline=BaselineCfg(backbone="resnet50", segmenter="deeplabv3_resnet50", cls_epochs=8,
                                             cls_batch_size=64, cls_lr=0.05, seg_epochs=10, seg_batch_size=32,
                                             seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0), eval_batch_size=64,
-                                            num_workers=8))
+                                            num_workers=8),
+                       wood=WOoDConfig(ft_epochs=5, num_pool=2000))
         if preset == "voc":  # PASCAL VOC 2012 from data_root at IRNet's settings (needs -p data_root ...)
             return cls(preset="voc", data=DataCfg(image_size=320),
                        baseline=BaselineCfg(backbone="resnet50", pretrained="imagenet", segmenter="deeplabv3_resnet50",
                                             cls_epochs=5, cls_batch_size=16, cls_lr=0.1, seg_epochs=15,
                                             seg_batch_size=16, seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0),
-                                            eval_batch_size=16, num_workers=8))
+                                            eval_batch_size=16, num_workers=8),
+                       wood=WOoDConfig(ft_epochs=5))
         return cls()
 
     @classmethod
@@ -222,7 +294,7 @@ class RunCfg:
         def tup(v: Any) -> Any:
             return tuple(v) if isinstance(v, list) else v
 
-        subs = {"data": DataCfg, "baseline": BaselineCfg, "conta": ContaCfg}
+        subs = {"data": DataCfg, "baseline": BaselineCfg, "conta": ContaCfg, "wood": WOoDConfig}
         kw = {k: (subs[k](**{f: tup(x) for f, x in v.items()}) if k in subs else v) for k, v in d.items()}
         return cls(**kw)
 

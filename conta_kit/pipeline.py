@@ -88,7 +88,14 @@ class WithXm(Dataset):
 def load_splits(cfg: RunCfg) -> dict[str, Dataset]:
     """train/val (+ shifted/ood for the benchmark) for the configured data source."""
     if cfg.data_source == "scenes":
-        return scene_splits(cfg.data, seed=cfg.seed)
+        splits: dict[str, Dataset] = dict(scene_splits(cfg.data, seed=cfg.seed))
+        w = cfg.wood
+        if w.finetune == "wood":  # W-OoD's training pool: background-only images, disjoint from split "ood"
+            splits["wood_pool"] = ConfoundedScenes("ood", num_images=w.num_pool, image_size=cfg.data.image_size,
+                                                   cooccurrence=cfg.data.cooccurrence, seed=cfg.seed,
+                                                   ood_kind="hard" if w.pool == "hard" else "random", stream=1,
+                                                   rider_rate=cfg.data.rider_rate)
+        return splits
     cls = VOCSegmentation if cfg.data_source == "voc" else COCOSegmentation
     t = Resize(cfg.data.image_size)
     return {"train": cls(cfg.data_root, "train", transform=t), "val": cls(cfg.data_root, "val", transform=t)}
@@ -331,7 +338,7 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
     torch.manual_seed(cfg.seed)  # every round's classifier starts from the same initialisation
     model = build_round_classifier(cfg, train.num_classes, confounders)
     if adjusted:
-        prev = root.parent / f"round_{round_index - 1}" / "checkpoints" / "classifier" / "last.pt"
+        prev = classifier_checkpoint(root.parent / f"round_{round_index - 1}")
         if c.init == "previous" and prev.exists():
             state = torch.load(prev, map_location="cpu", weights_only=True)["model"]
             if not any(k.startswith("base.") for k in state):  # round 0 saved a plain Classifier
@@ -348,6 +355,15 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
                collate_fn=collate, ckpt_dir=root / "checkpoints" / "classifier", resume=resume, progress=progress,
                desc=f"classifier r{round_index}")
     timing["classifier_s"] = time.perf_counter() - t0
+    extra: dict[str, Any] = {}
+    if cfg.wood.finetune != "off":  # W-OoD, or the same extra epochs without it (the fair baseline)
+        from .wood import finetune_classifier
+
+        tf = time.perf_counter()
+        extra["finetune"] = finetune_classifier(
+            cfg, model, data, root, device, lambda bt: joint_augment(bt, scale=b.aug_scale, crop=b.aug_crop),
+            progress=progress, resume=resume, round_index=round_index)
+        timing["finetune_s"] = time.perf_counter() - tf
 
     t1 = time.perf_counter()
     m_term = "both" if adjusted else True
@@ -363,11 +379,20 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
         sh, sh_t = _classifier_scores(model, data["shifted"], b.eval_batch_size, device)
         cls_scores["shifted_map"] = multilabel_map(sh, sh_t)["map"]
         cls_scores["context_reliance"] = cls_scores["val_map"] - cls_scores["shifted_map"]
+    for split, kind in (("ood", "hard"), ("ood_random", "random")):  # held-out background-only images
+        if split in data and len(data[split]):
+            sc, _ = _classifier_scores(model, data[split], b.eval_batch_size, device)
+            top = sc.max(1).values
+            extra.setdefault("ood", {})[kind] = {"fp_rate": float((top > 0.5).float().mean()),
+                                                 "mean_max_prob": float(top.mean()), "num_images": len(top)}
+    fixed = tr["cms"][b.bg_threshold].compute()
     seed = {
         "fixed_threshold": b.bg_threshold, "miou_fixed": tr["cms"][b.bg_threshold].compute()["miou"],
         "best_threshold_on_val": best_t, "miou_best": tr["cms"][best_t].compute()["miou"],
         "bf_fixed": tr["bf"][b.bg_threshold].compute()["bf"], "bf_best": tr["bf"][best_t].compute()["bf"],
-        "val_sweep": val_eval["by_threshold"], "per_class_iou_fixed": tr["cms"][b.bg_threshold].compute()["iou"],
+        "val_sweep": val_eval["by_threshold"], "per_class_iou_fixed": fixed["iou"],
+        "per_class_precision_fixed": fixed["precision"], "per_class_recall_fixed": fixed["recall"],
+        "mean_precision_fixed": fixed["mean_precision"], "mean_recall_fixed": fixed["mean_recall"],
     }
     if paired is not None:
         seed["cam_leakage"] = tr["leakage"]["cam_leakage"]
@@ -379,7 +404,6 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
                              "best_threshold_on_val": best_off,
                              **({"cam_leakage": tr["leakage_without_m"]["cam_leakage"]} if paired else {})}
     atomic_torch_save(root / "artifacts" / "pseudo_masks.pt", tr["pseudo"])
-    extra: dict[str, Any] = {}
     if adjusted:
         st = _m_statistics(model, data["train"], b.eval_batch_size, device, confounders.class_ids)
         if "alpha" in st:
@@ -414,6 +438,13 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
     log.info("round %d: seed %.3f (best %.3f) pseudo %.3f seg %.3f in %.0f s", round_index, seed["miou_fixed"],
              seed["miou_best"], metrics["pseudo"]["miou"], seg_val["miou"], timing["total_s"])
     return metrics
+
+
+def classifier_checkpoint(round_dir: str | Path) -> Path:
+    """The final classifier of a round: the fine-tuned one (``classifier_ft``) when the round has it."""
+    ck = Path(round_dir) / "checkpoints"
+    ft = ck / "classifier_ft" / "last.pt"
+    return ft if ft.exists() else ck / "classifier" / "last.pt"
 
 
 def feature_grid(model: torch.nn.Module, cfg: RunCfg) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import RunCfg
+from .config import RunCfg, WOoDConfig
 from .conta import ConfounderSet
 from .io import Run, read_json, to_jsonable, write_json
 from .pipeline import load_splits, run_round
@@ -45,6 +45,9 @@ HEADLINE = {
     "val_map": ("classifier", "val_map"), "shifted_map": ("classifier", "shifted_map"),
     "context_reliance": ("classifier", "context_reliance"),
     "logit_share_from_m": ("m", "logit_share_from_m"), "attention_entropy": ("m", "attention", "entropy"),
+    "seed_precision_fixed": ("seed", "mean_precision_fixed"), "seed_recall_fixed": ("seed", "mean_recall_fixed"),
+    "ood_fp_rate": ("ood", "hard", "fp_rate"), "ood_fp_rate_random": ("ood", "random", "fp_rate"),
+    "ood_mean_max_prob": ("ood", "hard", "mean_max_prob"),
     "total_s": ("timing", "total_s"),
 }
 
@@ -59,7 +62,7 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> float | None:
 
 def _round0_key(cfg: RunCfg) -> dict[str, Any]:
     d = cfg.to_dict()
-    return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline")}
+    return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline", "wood")}
 
 
 def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
@@ -83,6 +86,7 @@ def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
     theirs = read_json(params).get("resolved") if params.exists() else None
     if theirs is None:
         raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
+    theirs = {**theirs, "wood": {**WOoDConfig().__dict__, **theirs.get("wood", {})}}  # made before W-OoD: off
     differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)
     if differ:
         raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
@@ -257,7 +261,7 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
     """The trained classifier of a round (a plain classifier for round 0, else a ContaClassifier built with
     the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8; None for round 0)."""
     from .models import load_checkpoint
-    from .pipeline import build_round_classifier
+    from .pipeline import build_round_classifier, classifier_checkpoint
 
     seed_dir = Path(seed_dir)
     conf, x_m = None, None
@@ -266,7 +270,7 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
         conf = ConfounderSet.load(prev / "confounders.pt")
         x_m = torch.load(prev / "x_m.pt", map_location="cpu", weights_only=True)
     model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)  # weights come from the checkpoint
-    load_checkpoint(model, seed_dir / f"round_{round_index}" / "checkpoints" / "classifier" / "last.pt")
+    load_checkpoint(model, classifier_checkpoint(seed_dir / f"round_{round_index}"))
     return model.eval(), x_m
 
 

@@ -87,6 +87,9 @@ class ConfoundedScenes(Dataset):
         seed: dataset seed; splits draw from disjoint streams of it.
         ood_kind: for split "ood": "hard" (the paired contexts of 1-3 classes, laid out as in a real scene)
             or "random" (backdrop and unpaired distractor contexts only).
+        stream: 0 for the benchmark's splits; another value draws a disjoint set of images of the same
+            split (W-OoD's training pool of background-only images is stream 1 of "ood", so the held-out
+            "ood" split stays unseen).
         **options: fields of :class:`SceneOptions`.
 
     Each item: ``image`` (3, S, S) float32 in [0, 1]; ``labels`` (C,) float32 multi-hot, equal to the set
@@ -103,12 +106,15 @@ class ConfoundedScenes(Dataset):
         cooccurrence: float = 0.9,
         seed: int = 0,
         ood_kind: str = "hard",
+        stream: int = 0,
         **options: Any,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if ood_kind not in OOD_KINDS:
             raise ValueError(f"ood_kind must be one of {OOD_KINDS}, got {ood_kind!r}")
+        if not isinstance(stream, int) or stream < 0:
+            raise ValueError(f"stream must be an int >= 0, got {stream!r}")
         if not 0.0 <= float(cooccurrence) <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {cooccurrence}")
         if not isinstance(image_size, int) or image_size < 16:
@@ -136,6 +142,9 @@ class ConfoundedScenes(Dataset):
         # rho is not part of the stream: the same seed gives the same layouts at every rho (only the
         # context draws differ), so sweeps over the confounding dial compare like with like.
         self._stream = (self.seed, code, image_size, zlib.crc32(repr(self.options).encode()))
+        self.stream = stream
+        if stream:  # appended only when set, so stream 0 keeps the images the benchmark always had
+            self._stream = (*self._stream, stream)
         tex = context_textures(image_size)
         self._ctx_tex = [tex[n] for n in self.context_names]
         self._backdrop, self._noise = tex["backdrop"], tex["noise"]
