@@ -3,8 +3,11 @@
     conta-kit run --preset smoke|default [-p key value ...] [--runs-root runs] [--name main]
     conta-kit baseline --preset default [-p key value ...] [--resume RUN_DIR]
     conta-kit conta --preset default --seeds 0 1 2 [-p rounds 3 ...] [--jobs 2] [--resume RUN_DIR]
+    conta-kit sweep --preset bench [--rhos 0.5 0.75 0.9 0.99] [--seeds 0 1 2] [-p rounds 3] [--jobs 2]
+                    [--resume RUN_DIR]
 
-Every notebook in ``notebooks/`` (``NN_*.ipynb``, in order) is executed with the parameters
+Every notebook of the sequence (``notebooks/NN_*.ipynb`` in order, without the ``NN_bench_*`` benchmark
+notebooks, which ``conta-kit sweep`` runs) is executed with the parameters
 ``preset``, ``run_dir``, ``interactive=False`` and ``overrides`` (the ``-p`` settings of the run
 configuration, applied last); the executed copies, figures, ``metrics.json`` and an
 ``index.html`` land in ``<runs-root>/<timestamp>_<name>/``.
@@ -27,7 +30,8 @@ from .io import Run, atomic_write_text, write_json
 log = logging.getLogger(__name__)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # notebook parameters that are not RunCfg fields (everything else is validated by RunCfg.from_params)
-NOTEBOOK_ONLY = frozenset({"interactive", "summary_dir", "ablation_dirs", "runs_root"})
+NOTEBOOK_ONLY = frozenset({"interactive", "summary_dir", "ablation_dirs", "runs_root", "rhos", "seeds", "jobs"})
+SWEEP_NOTEBOOK = "07_bench_confounding.ipynb"
 
 
 def _literal(text: str) -> Any:
@@ -40,15 +44,17 @@ def _literal(text: str) -> Any:
 
 def notebook_paths(folder: str | Path = NOTEBOOKS) -> list[Path]:
     folder = Path(folder)
-    paths = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    paths = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name[3:].startswith("bench_"))
     if not paths:
         raise FileNotFoundError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
     return paths
 
 
 def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = None, *, runs_root: str | Path = "runs",
-                  name: str = "main", notebooks: str | Path = NOTEBOOKS, progress: bool = True) -> Run:
-    """Execute the notebook sequence into a new run folder and return it.
+                  name: str = "main", notebooks: str | Path = NOTEBOOKS, progress: bool = True,
+                  only: list[str] | None = None, run: Run | None = None, params: dict[str, Any] | None = None) -> Run:
+    """Execute the notebook sequence (or the notebooks named in ``only``) into a new run folder (or into
+    ``run``, e.g. to resume a sweep) and return it. ``params`` are recorded in the new run's params.json.
 
     Raises:
         ValueError: for an unknown preset or parameter (checked before anything runs).
@@ -58,9 +64,14 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
 
     overrides = dict(overrides or {})
     cfg = RunCfg.from_params(preset=preset, **{k: v for k, v in overrides.items() if k not in NOTEBOOK_ONLY})
-    paths = notebook_paths(notebooks)
-    run = Run.create(name, runs_root, params={"preset": preset, "overrides": overrides, "resolved": cfg.to_dict()},
-                     seed=cfg.seed, device=cfg.device)
+    paths = [Path(notebooks) / n for n in only] if only else notebook_paths(notebooks)
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"notebook {p} does not exist")
+    if run is None:
+        run = Run.create(name, runs_root, params={"preset": preset, "overrides": overrides,
+                                                  "resolved": cfg.to_dict(), **(params or {})},
+                         seed=cfg.seed, device=cfg.device)
     index: list[dict[str, Any]] = []
     for nb in paths:
         out = run.path / nb.name
@@ -150,6 +161,32 @@ def _conta(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.resume:  # the stopped sweep's own settings, not the command line's
+            run = Run(args.resume)
+            p = run.params
+            if "rhos" not in p.get("overrides", {}):
+                raise ValueError(f"{run.path} is not a `conta-kit sweep` run (params.json has no rhos)")
+            preset, overrides = p["preset"], dict(p["overrides"])
+        else:
+            run, preset = None, args.preset
+            overrides = {**{k: _literal(v) for k, v in args.param}, "rhos": args.rhos, "seeds": args.seeds,
+                         "jobs": args.jobs}
+        t0 = time.perf_counter()
+        run = run_notebooks(preset, overrides, runs_root=args.runs_root, name=args.name, progress=not args.no_progress,
+                            only=[SWEEP_NOTEBOOK], run=run)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"conta-kit: error: {e}", file=sys.stderr)
+        return 2
+    from .sweep import load_sweep, sweep_tables
+
+    print(f"run folder: {run.path}  ({time.perf_counter() - t0:.0f} s)")
+    print(sweep_tables(load_sweep(run.path)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="conta-kit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--round0-from", metavar="RUN_DIR", help="reuse round 0 (the baseline) of RUN_DIR's seeds "
                     "(same seed, data and baseline settings), e.g. to ablate CONTA's options")
     co.add_argument("--no-progress", action="store_true")
+    sw = sub.add_parser("sweep", help="the confounding benchmark: baseline, CONTA, W-OoD and both over rho and "
+                        "seeds (runs notebook 07)")
+    sw.add_argument("--preset", default="bench", choices=PRESETS)
+    sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="override a parameter, e.g. -p rounds 1 -p pool mined (repeatable)")
+    sw.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.99])
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sw.add_argument("--jobs", type=int, default=2, help="(rho, arm, seed) jobs in parallel processes (default 2)")
+    sw.add_argument("--runs-root", default="runs")
+    sw.add_argument("--name", default="sweep")
+    sw.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped sweep in RUN_DIR")
+    sw.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "baseline":
         return _baseline(args)
     if args.command == "conta":

@@ -174,13 +174,15 @@ class Run:
         metrics[section] = values
         write_json(self.path / "metrics.json", metrics, overwrite=True)
 
-    def save_figure(self, fig: Any, name: str, *, dpi: int = 110) -> Path:
-        """Save a matplotlib Figure as ``figures/<name>.png`` atomically; refuses to overwrite."""
+    def save_figure(self, fig: Any, name: str, *, dpi: int = 110, overwrite: bool = False) -> Path:
+        """Save a matplotlib Figure as ``figures/<name>.png`` atomically; refuses to overwrite unless told
+        (a resumed sweep redraws its own figures)."""
         import io
 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-        return atomic_write_bytes(self.figures / f"{name}.png", buf.getvalue())
+        self.figures.mkdir(exist_ok=True)
+        return atomic_write_bytes(self.figures / f"{name}.png", buf.getvalue(), overwrite=overwrite)
 
 
 def open_run(run_dir: str | Path | None, name: str, *, root: str | Path = "runs",

@@ -1,0 +1,190 @@
+"""The confounding-strength benchmark: methods x cooccurrence rho x seeds on one pipeline.
+
+Two arms per (rho, seed), each a resumable CONTA run (:func:`~conta_kit.rounds.run_conta`):
+
+* ``plain``: every round's classifier gets ``ft_epochs`` extra epochs of the classification loss alone;
+  round 0 is the **baseline**, rounds 1..T are **CONTA r1..rT**;
+* ``wood``: the same extra epochs with W-OoD's terms; round 0 is **W-OoD**, rounds 1..T are
+  **CONTA + W-OoD r1..rT**.
+
+So every method has the same backbone, epochs, segmenter and evaluation, and the thresholds are chosen on
+``val`` (never on the scored split); checkpoints are the last epoch's (no selection at all).
+
+    sweep folder/
+      rho_0.9/plain/seed_0/round_t/...   rho_0.9/wood/seed_0/...
+      metrics.json ["sweep"]: methods -> rho -> metric -> {mean, std, values}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import RunCfg
+from .io import Run, read_json
+from .rounds import HEADLINE, _get, _seed_job, seed_run
+
+log = logging.getLogger(__name__)
+
+ARMS = ("plain", "wood")
+#: what the sweep reports per method and rho (names of :data:`~conta_kit.rounds.HEADLINE`)
+SWEEP_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage", "seed_bf_fixed",
+                 "seed_precision_fixed", "seed_recall_fixed", "context_reliance", "ood_fp_rate", "ood_fp_rate_random")
+PER_CLASS = {"precision": ("seed", "per_class_precision_fixed"), "recall": ("seed", "per_class_recall_fixed")}
+
+
+def methods(rounds: int) -> dict[str, tuple[str, int]]:
+    """Method name -> (arm, round): baseline, CONTA r1..rT, W-OoD, CONTA + W-OoD r1..rT."""
+    out = {"baseline": ("plain", 0)}
+    out.update({f"CONTA r{t}": ("plain", t) for t in range(1, rounds + 1)})
+    out["W-OoD"] = ("wood", 0)
+    out.update({f"CONTA + W-OoD r{t}": ("wood", t) for t in range(1, rounds + 1)})
+    return out
+
+
+def arm_cfg(cfg: RunCfg, rho: float, arm: str) -> RunCfg:
+    """``cfg`` at cooccurrence ``rho`` with the arm's fine-tuning stage."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    return replace(cfg, data=replace(cfg.data, cooccurrence=float(rho)), wood=replace(cfg.wood, finetune=arm))
+
+
+def _rho_dir(rho: float) -> str:
+    return f"rho_{float(rho):g}"
+
+
+def _arm_run(root: Path, rho: float, arm: str) -> Run:
+    p = root / _rho_dir(rho) / arm
+    p.mkdir(parents=True, exist_ok=True)
+    return Run(p)
+
+
+def run_sweep(cfg: RunCfg, run: Run, rhos: list[float], seeds: list[int], *, jobs: int = 1,
+              progress: bool = True) -> dict[str, Any]:
+    """Every (rho, arm, seed) into ``run`` (finished rounds are kept: re-running resumes), then the summary
+    into ``run``'s metrics.json ``["sweep"]``. ``jobs`` > 1 runs that many (rho, arm, seed) jobs in
+    parallel processes, the CPU threads split between them."""
+    if not rhos or len(set(rhos)) != len(rhos) or any(not 0.0 <= r <= 1.0 for r in rhos):
+        raise ValueError(f"rhos must be distinct values in [0, 1], got {rhos}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    tasks = []
+    for rho in rhos:
+        for arm in ARMS:
+            sub = _arm_run(run.path, rho, arm)
+            for s in seeds:
+                c = replace(arm_cfg(cfg, rho, arm), seed=s)
+                tasks.append((c, str(seed_run(sub, c).path)))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="sweep (rho, arm, seed)", disable=not progress)
+    if jobs == 1:
+        for c, path in tasks:
+            _seed_job(c, path, False, None, None)
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            for f in [ex.submit(_seed_job, c, path, False, threads, None) for c, path in tasks]:
+                f.result()
+                bar.update()
+    bar.close()
+    summary = summarize_sweep(run.path)
+    run.log_metrics("sweep", summary)
+    return summary
+
+
+def _stats(vals: list[float]) -> dict[str, Any]:
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return {"mean": mean, "std": std, "values": vals}
+
+
+def summarize_sweep(root: str | Path) -> dict[str, Any]:
+    """Read every finished round under ``root`` and return methods -> rho -> metric -> mean/std/values over
+    the seeds that finished it, plus per-class precision/recall (mean over seeds) and the wall time."""
+    root = Path(root)
+    rhos = sorted(float(p.name.split("_", 1)[1]) for p in root.glob("rho_*") if p.is_dir())
+    if not rhos:
+        raise FileNotFoundError(f"{root} holds no sweep (no rho_* folders)")
+    rounds = max((int(p.name.split("_")[1]) for p in root.glob("rho_*/*/seed_*/round_*")
+                  if (p / "metrics.json").exists()), default=0)
+    table: dict[str, dict[str, Any]] = {}
+    seconds = 0.0
+    for name, (arm, t) in methods(rounds).items():
+        for rho in rhos:
+            per_seed = []
+            for sd in sorted((root / _rho_dir(rho) / arm).glob("seed_*")):
+                f = sd / f"round_{t}" / "metrics.json"
+                if f.exists():
+                    per_seed.append(read_json(f))
+            if not per_seed:
+                continue
+            cell: dict[str, Any] = {"num_seeds": len(per_seed)}
+            for metric in SWEEP_METRICS:
+                vals = [v for v in (_get(m, HEADLINE[metric]) for m in per_seed) if v is not None and not math.isnan(v)]
+                if vals:
+                    cell[metric] = _stats(vals)
+            for key, path in PER_CLASS.items():
+                lists = [m[path[0]][path[1]] for m in per_seed if path[1] in m.get(path[0], {})]
+                if lists:
+                    cell[f"per_class_{key}"] = [_nanmean([row[i] for row in lists]) for i in range(len(lists[0]))]
+            table.setdefault(name, {})[f"{rho:g}"] = cell
+    for f in root.glob("rho_*/*/seed_*/round_*/metrics.json"):
+        seconds += read_json(f).get("timing", {}).get("total_s", 0.0)
+    return {"rhos": rhos, "rounds": rounds, "methods": table, "compute_s": seconds}
+
+
+def _nanmean(vals: list[float]) -> float:
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _fmt(cell: dict[str, Any] | None, metric: str) -> str:
+    if not cell or metric not in cell:
+        return "—"
+    s = cell[metric]
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if not math.isnan(s["std"]) else f"{s['mean']:.3f}"
+
+
+def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> str:
+    """Markdown: seed mIoU, pseudo-mask mIoU and CAM leakage as methods x rho tables (mean ± std over
+    seeds), then every metric at ``detail_rho`` (default: the largest rho below 1)."""
+    rhos = [f"{r:g}" for r in summary["rhos"]]
+    out = []
+    for metric, title in (("seed_miou_fixed", "Seed (CAM) mIoU on train, fixed threshold"),
+                          ("seed_miou_best", "Seed mIoU, threshold chosen on val"),
+                          ("pseudo_miou", "Pseudo-mask mIoU on train"),
+                          ("cam_leakage", "CAM leakage onto the paired context (lower is better)")):
+        out.append(f"**{title}**\n\n| method | " + " | ".join(f"rho {r}" for r in rhos) + " |\n|---|"
+                   + "---|" * len(rhos))
+        for name, cells in summary["methods"].items():
+            out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), metric) for r in rhos) + " |")
+        out.append("")
+    if detail_rho is None:
+        below = [r for r in summary["rhos"] if r < 1.0]
+        detail_rho = max(below) if below else summary["rhos"][-1]
+    r = f"{detail_rho:g}"
+    names = ("seg_miou", "seed_bf_fixed", "seed_precision_fixed", "seed_recall_fixed", "context_reliance",
+             "ood_fp_rate", "ood_fp_rate_random")
+    out.append(f"**All metrics at rho {r}** (precision/recall: mean over classes of the seed masks at the fixed "
+               "threshold; context reliance: mAP on val minus mAP on shifted; OoD FP: share of held-out "
+               "background-only images with a class probability > 0.5)\n\n| method | " + " | ".join(names)
+               + " |\n|---|" + "---|" * len(names))
+    for name, cells in summary["methods"].items():
+        out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), n) for n in names) + " |")
+    return "\n".join(out) + "\n"
+
+
+def load_sweep(root: str | Path) -> dict[str, Any]:
+    """The sweep summary of a finished sweep folder, or a partial one read from its rounds."""
+    m = Run(root).metrics
+    return m["sweep"] if "sweep" in m else {**summarize_sweep(root), "partial": True}
