@@ -221,6 +221,9 @@ class RunCfg:
             raise ValueError(f"data_source must be 'scenes', 'voc' or 'coco', got {self.data_source!r}")
         if self.data_source != "scenes" and not self.data_root:
             raise ValueError(f"data_source={self.data_source!r} needs data_root (the dataset folder)")
+        if self.wood.finetune == "wood" and self.data_source != "scenes":
+            raise ValueError(f"finetune='wood' needs background-only images, which only the embedded benchmark "
+                             f"provides; data_source={self.data_source!r} supports finetune 'off' or 'plain'")
 
     @property
     def smoke(self) -> bool:

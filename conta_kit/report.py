@@ -2,6 +2,7 @@
 
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
     python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--seed 0] [--update README.md --block ablations]
+    python -m conta_kit.report --sweep SWEEP_DIR --update README.md --block sweep   # figures -> docs/figures/
 
 The block between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` is replaced with the table
 made from RUN_DIR's metrics.json, so every number in the README comes from a run folder.
@@ -126,6 +127,40 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: in
     return head + "\n".join(rows) + "\n\nRun folders: " + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n"
 
 
+def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, link_prefix: str = "") -> str:
+    """The README block of a confounding sweep (notebook 07): provenance and wall time, the headline and
+    per-class figures the notebook drew (copied into ``figure_dir``), and the tables it wrote."""
+    import shutil
+
+    from .sweep import load_sweep
+
+    run = Run(run_dir)
+    summary = load_sweep(run.path)
+    tables = run.path / "sweep_tables.md"
+    if not tables.exists():
+        raise FileNotFoundError(f"{tables} is missing: run notebook 07 (`conta-kit sweep`) on {run.path} first")
+    params, env = run.params, read_json(run.path / "env.json") if (run.path / "env.json").exists() else {}
+    over = {**params, **params.get("overrides", {})}  # `conta-kit sweep` puts rhos/seeds/jobs in overrides
+    walls = run.metrics.get("sweep_wall_s", [])
+    seeds = sorted({c["num_seeds"] for cells in summary["methods"].values() for c in cells.values()})
+    lines = [f"Run folder `{run.path.name}`: preset `{params.get('preset')}`, rho {over.get('rhos')}, seeds "
+             f"{over.get('seeds')} ({'/'.join(map(str, seeds))} finished per cell), rounds 0-{summary['rounds']}, "
+             f"commit `{env.get('git_commit')}`, device {env.get('gpu') or 'cpu'} ({env.get('platform')}, "
+             f"{over.get('jobs', 1)} parallel jobs). Wall time {sum(walls) / 60:.1f} min"
+             + (f" over {len(walls)} starts" if len(walls) > 1 else "")
+             + f"; {summary['compute_s'] / 60:.1f} min of round time summed over all jobs."
+             + (" **Partial: some cells are still running.**" if summary.get("partial") else ""), ""]
+    if figure_dir is not None:
+        figure_dir = Path(figure_dir)
+        figure_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("07_sweep_headline", "07_sweep_per_class"):
+            src = run.figures / f"{name}.png"
+            if src.exists():
+                shutil.copyfile(src, figure_dir / f"{name}.png")
+                lines += [f"![{name}]({link_prefix}{figure_dir.as_posix()}/{name}.png)", ""]
+    return "\n".join(lines) + "\n" + tables.read_text()
+
+
 def update_block(path: str | Path, block: str, text: str) -> None:
     """Replace the marked block in ``path`` (atomically); the markers must exist."""
     path = Path(path)
@@ -139,7 +174,11 @@ def update_block(path: str | Path, block: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conta_kit.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several")
+    p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several, or with --sweep a "
+                   "sweep folder")
+    p.add_argument("--sweep", action="store_true", help="a `conta-kit sweep` folder (notebook 07's tables and "
+                   "figures; with --update, the figures are copied into --figure-dir)")
+    p.add_argument("--figure-dir", default="docs/figures")
     p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--seed", type=int, help="with --ablations: compare this seed of every run")
@@ -147,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", default="conta")
     args = p.parse_args(argv)
     try:
-        if args.ablations:
+        if args.sweep:
+            if len(args.run_dirs) != 1:
+                raise ValueError("--sweep takes one sweep folder")
+            text = sweep_markdown(args.run_dirs[0], args.figure_dir if args.update else None)
+        elif args.ablations:
             text = ablation_markdown(args.run_dirs, args.round, args.seed)
         elif len(args.run_dirs) == 1:
             text = conta_markdown(args.run_dirs[0])

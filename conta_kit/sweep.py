@@ -152,7 +152,8 @@ def _fmt(cell: dict[str, Any] | None, metric: str) -> str:
     if not cell or metric not in cell:
         return "—"
     s = cell[metric]
-    return f"{s['mean']:.3f} ± {s['std']:.3f}" if not math.isnan(s["std"]) else f"{s['mean']:.3f}"
+    std = s["std"]  # NaN for one seed (null once written to JSON)
+    return f"{s['mean']:.3f} ± {std:.3f}" if std is not None and not math.isnan(std) else f"{s['mean']:.3f}"
 
 
 def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> str:

@@ -355,7 +355,7 @@ def plot_sweep(summary: dict[str, Any], metrics: Sequence[str] = ("seed_miou_fix
             pts = sorted((float(r), c[metric]) for r, c in cells.items() if metric in c)
             if not pts:
                 continue
-            std = [0.0 if math.isnan(s["std"]) else s["std"] for _, s in pts]
+            std = [0.0 if s["std"] is None or math.isnan(s["std"]) else s["std"] for _, s in pts]
             ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=std, capsize=2, lw=1.2,
                         label=name, **_method_style(name, i))
         ax.set_xlabel("cooccurrence rho")

@@ -216,6 +216,9 @@ def test_wood_config_checks_its_options():
         WOoDConfig(margin=0.0)
     cfg = RunCfg.from_params("smoke", finetune="wood", margin=2.0, exclude_class=4)
     assert cfg.wood.margin == 2.0 and cfg.wood.exclude_class == 4
+    with pytest.raises(ValueError, match="background-only"):
+        RunCfg.from_params("voc", data_root="/data/voc", finetune="wood")
+    assert RunCfg.from_params("voc", data_root="/data/voc", finetune="plain").wood.ft_epochs == 5
 
 
 def test_wood_pool_is_disjoint_from_the_held_out_ood_split():

@@ -1,0 +1,94 @@
+"""The confounding sweep: method bookkeeping, the summary over seeds, tables, and notebook 07 end to end."""
+
+import json
+import math
+
+import nbformat
+import pytest
+
+from conta_kit.cli import NOTEBOOKS, SWEEP_NOTEBOOK, main, notebook_paths
+from conta_kit.config import RunCfg
+from conta_kit.io import to_jsonable, write_json
+from conta_kit.sweep import arm_cfg, methods, summarize_sweep, sweep_tables
+
+
+def test_methods_map_to_arm_and_round():
+    m = methods(2)
+    assert m == {"baseline": ("plain", 0), "CONTA r1": ("plain", 1), "CONTA r2": ("plain", 2),
+                 "W-OoD": ("wood", 0), "CONTA + W-OoD r1": ("wood", 1), "CONTA + W-OoD r2": ("wood", 2)}
+    cfg = arm_cfg(RunCfg.from_params("smoke"), 0.75, "wood")
+    assert cfg.data.cooccurrence == 0.75 and cfg.wood.finetune == "wood"
+    with pytest.raises(ValueError, match="arm"):
+        arm_cfg(cfg, 0.5, "both")
+
+
+def _round(seed_miou, fp, precision):
+    return {"seed": {"miou_fixed": seed_miou, "per_class_precision_fixed": precision},
+            "ood": {"hard": {"fp_rate": fp}}, "timing": {"total_s": 10.0}}
+
+
+def test_summary_means_over_seeds_and_tables(tmp_path):
+    vals = {("plain", 0): [0.2, 0.4], ("plain", 1): [0.3, 0.3], ("wood", 0): [0.5, 0.7], ("wood", 1): [0.6, 0.6]}
+    for rho in (0.5, 0.9):
+        for (arm, t), v in vals.items():
+            for s, x in enumerate(v):
+                write_json(tmp_path / f"rho_{rho:g}" / arm / f"seed_{s}" / f"round_{t}" / "metrics.json",
+                           _round(x + rho, 1.0 - x, [math.nan, x, 2 * x]))
+    (tmp_path / "rho_0.9" / "wood" / "seed_1" / "round_1" / "metrics.json").unlink()  # a seed still running
+    summary = summarize_sweep(tmp_path)
+    assert summary["rhos"] == [0.5, 0.9] and summary["rounds"] == 1
+    assert summary["compute_s"] == pytest.approx(10.0 * 15)
+    base = summary["methods"]["baseline"]["0.5"]
+    assert base["seed_miou_fixed"]["mean"] == pytest.approx(0.8)
+    assert base["seed_miou_fixed"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert base["ood_fp_rate"]["values"] == pytest.approx([0.8, 0.6])
+    assert base["per_class_precision"][1:] == pytest.approx([0.3, 0.6]) and math.isnan(base["per_class_precision"][0])
+    partial = summary["methods"]["CONTA + W-OoD r1"]["0.9"]
+    assert partial["num_seeds"] == 1 and math.isnan(partial["seed_miou_fixed"]["std"])
+    text = sweep_tables(summary)
+    assert sweep_tables(json.loads(json.dumps(to_jsonable(summary)))) == text  # as read back from metrics.json
+    assert "| W-OoD | 1.100 ± 0.141 | 1.500 ± 0.141 |" in text
+    assert "| CONTA + W-OoD r1 | 1.100 ± 0.000 | 1.500 |" in text
+    assert "All metrics at rho 0.9" in text
+    with pytest.raises(FileNotFoundError, match="no sweep"):
+        summarize_sweep(tmp_path / "rho_0.5")
+
+
+def test_the_benchmark_notebook_is_committed_clean_and_kept_out_of_the_main_sequence():
+    path = NOTEBOOKS / SWEEP_NOTEBOOK
+    assert path not in notebook_paths()
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    (params,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    for name in ("preset", "smoke", "rhos", "seeds", "rounds", "jobs", "run_dir", "overrides"):
+        assert f"{name} =" in params.source
+
+
+_SMALL = ["-p", "num_train", "48", "-p", "num_val", "24", "-p", "num_shifted", "24", "-p", "num_ood", "24",
+          "-p", "num_pool", "24", "-p", "rounds", "1"]
+
+
+@pytest.mark.slow
+def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
+    assert main(["sweep", "--preset", "smoke", "--rhos", "0.5", "0.99", "--seeds", "0", "--jobs", "1",
+                 "--runs-root", str(tmp_path), "--no-progress", *_SMALL]) == 0
+    (run,) = tmp_path.iterdir()
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["sweep"]["methods"]) == {"baseline", "CONTA r1", "W-OoD", "CONTA + W-OoD r1"}
+    assert set(m["sweep"]["methods"]["W-OoD"]) == {"0.5", "0.99"}
+    for arm, mode in (("plain", "plain"), ("wood", "wood")):
+        r0 = json.loads((run / "rho_0.99" / arm / "seed_0" / "round_0" / "metrics.json").read_text())
+        assert r0["finetune"]["mode"] == mode
+        params = json.loads((run / "rho_0.99" / arm / "seed_0" / "params.json").read_text())
+        assert params["resolved"]["data"]["cooccurrence"] == 0.99
+    assert {"07_sweep_headline.png", "07_sweep_per_class.png", "07_sweep_reliance_ood.png"} <= {
+        p.name for p in (run / "figures").glob("*.png")}
+    assert (run / "sweep_tables.md").read_text().startswith("**Seed (CAM) mIoU")
+    assert "| W-OoD |" in capsys.readouterr().out
+    done = run / "rho_0.5" / "wood" / "seed_0" / "round_1" / "metrics.json"
+    stamp = done.stat().st_mtime_ns
+    assert main(["sweep", "--resume", str(run), "--no-progress"]) == 0  # nothing left to train
+    assert done.stat().st_mtime_ns == stamp
+    assert len(json.loads((run / "metrics.json").read_text())["sweep_wall_s"]) == 2
+    assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
