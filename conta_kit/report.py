@@ -153,7 +153,7 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, li
     if figure_dir is not None:
         figure_dir = Path(figure_dir)
         figure_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("07_sweep_headline", "07_sweep_per_class"):
+        for name in ("07_sweep_headline", "07_sweep_per_class", "07_sweep_ood_cams"):
             src = run.figures / f"{name}.png"
             if src.exists():
                 shutil.copyfile(src, figure_dir / f"{name}.png")

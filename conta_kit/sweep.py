@@ -189,3 +189,34 @@ def load_sweep(root: str | Path) -> dict[str, Any]:
     """The sweep summary of a finished sweep folder, or a partial one read from its rounds."""
     m = Run(root).metrics
     return m["sweep"] if "sweep" in m else {**summarize_sweep(root), "partial": True}
+
+
+def ood_cams(root: str | Path, rho: float, seed: int = 0, n: int = 6, split: str = "ood") -> dict[str, Any]:
+    """What the baseline and the W-OoD classifier (round 0 of each arm) see on held-out background-only
+    images: per arm the top class, its probability, and its CAM scaled by that probability (a normalised
+    CAM alone would look equally hot for a confident and a faint false positive)."""
+    import torch
+
+    from .cam import compute_cams
+    from .data import collate
+    from .pipeline import load_splits
+    from .rounds import load_round_classifier
+
+    root = Path(root)
+    out: dict[str, Any] = {}
+    for arm, name in (("plain", "baseline"), ("wood", "W-OoD")):
+        seed_dir = root / _rho_dir(rho) / arm / f"seed_{seed}"
+        if not (seed_dir / "round_0" / "metrics.json").exists():
+            raise FileNotFoundError(f"{seed_dir}/round_0 is not finished")
+        cfg = RunCfg.from_dict(read_json(seed_dir / "params.json")["resolved"])
+        ds = load_splits(cfg)[split]
+        batch = collate([ds[i] for i in range(min(n, len(ds)))])
+        model, _ = load_round_classifier(cfg, seed_dir, 0, ds.num_classes)
+        with torch.no_grad():
+            probs = torch.sigmoid(model(batch["image"]).float())
+        p, top = probs.max(1)
+        labels = torch.nn.functional.one_hot(top, ds.num_classes).float()
+        cams = compute_cams(model, batch["image"], labels, scales=cfg.baseline.cam_scales, flip=cfg.baseline.cam_flip)
+        out["images"], out["class_names"] = batch["image"], ds.class_names
+        out[name] = {"cam": cams[torch.arange(len(top)), top] * p[:, None, None], "prob": p, "top": top}
+    return out

@@ -389,3 +389,23 @@ def plot_sweep_per_class(summary: dict[str, Any], rho: float, class_names: Seque
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_ood_cams(result: dict[str, Any]) -> Figure:
+    """Held-out background-only images (no object), then per method the top class's CAM x its probability
+    (``result`` from :func:`conta_kit.sweep.ood_cams`)."""
+    methods = [k for k in result if k not in ("images", "class_names")]
+    images, names = result["images"], result["class_names"]
+    n = images.shape[0]
+    fig, axes = plt.subplots(1 + len(methods), n, figsize=(1.9 * n, 2.0 * (1 + len(methods))), squeeze=False)
+    for i in range(n):
+        _overlay(axes[0, i], images[i], None)
+        for r, m in enumerate(methods, start=1):
+            d = result[m]
+            _overlay(axes[r, i], images[i], d["cam"][i])
+            axes[r, i].set_title(f"{names[int(d['top'][i])]} p={float(d['prob'][i]):.2f}", fontsize=7)
+        axes[0, 0].set_ylabel("OoD image", fontsize=8)
+    for r, m in enumerate(methods, start=1):
+        axes[r, 0].set_ylabel(f"{m}\nCAM x p", fontsize=8)
+    fig.tight_layout()
+    return fig

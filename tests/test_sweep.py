@@ -82,8 +82,9 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
         assert r0["finetune"]["mode"] == mode
         params = json.loads((run / "rho_0.99" / arm / "seed_0" / "params.json").read_text())
         assert params["resolved"]["data"]["cooccurrence"] == 0.99
-    assert {"07_sweep_headline.png", "07_sweep_per_class.png", "07_sweep_reliance_ood.png"} <= {
-        p.name for p in (run / "figures").glob("*.png")}
+    figures = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"07_sweep_headline.png", "07_sweep_per_class.png", "07_sweep_reliance_ood.png",
+            "07_sweep_ood_cams.png"} <= figures
     assert (run / "sweep_tables.md").read_text().startswith("**Seed (CAM) mIoU")
     assert "| W-OoD |" in capsys.readouterr().out
     done = run / "rho_0.5" / "wood" / "seed_0" / "round_1" / "metrics.json"
