@@ -141,9 +141,11 @@ class BoundaryFScore:
         valid = target != self.ignore_index
         for k in range(1, self.num_classes):
             pk, gk = pred == k, target == k
-            if not (pk.any() or gk.any()):
+            rows = (pk | gk).flatten(1).any(1)  # boundaries are per image: skip the images without class k
+            if not rows.any():
                 continue
-            pb, gb = _boundary(pk) & valid, _boundary(gk)
+            pk, gk = pk[rows], gk[rows]
+            pb, gb = _boundary(pk) & valid[rows], _boundary(gk)
             row = torch.stack([(pb & _dilate(gb, self.tolerance)).sum(), pb.sum(),
                                (gb & _dilate(pb, self.tolerance)).sum(), gb.sum()])
             self.counts[k] += row.cpu()

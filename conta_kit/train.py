@@ -8,7 +8,12 @@
   ``resume=True`` after a stop continues to the same result as an uninterrupted run.
 * A checkpoint ``<ckpt_dir>/last.pt`` (model, optimiser, schedule, epoch, history) is written atomically
   after every epoch; a NaN or infinite loss stops with an error and leaves it intact.
-* Automatic mixed precision (bfloat16 autocast) on CUDA when ``amp="auto"``.
+* Automatic mixed precision (bfloat16 autocast) on CUDA when ``amp="auto"``; ``amp="fp16"`` adds a gradient
+  scaler. ``channels_last`` runs model and images in NHWC memory format, ``compile`` wraps the model's
+  forward in ``torch.compile``.
+* Under torchrun (or in an initialised process group) the same loop trains with DistributedDataParallel:
+  ``batch_size`` stays the global batch, split over the ranks in the single-process order (see
+  :mod:`conta_kit.distributed`); rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,15 @@ class TrainCfg:
         epochs, batch_size, lr: as usual; ``lr`` is scaled by each param group's ``lr_mult``.
         optimizer: "sgd" (momentum, poly schedule) or "adamw" (poly schedule too).
         momentum, weight_decay, poly_power: SGD momentum, decoupled/L2 weight decay, poly exponent.
-        amp: "auto" (bf16 autocast on CUDA), "off", "bf16" or "fp16".
+        amp: "auto" (bf16 autocast on CUDA), "off", "bf16" or "fp16" (with a gradient scaler); CUDA only,
+            other devices train in fp32.
         seed: seeds data order and randomness per epoch.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers (started per epoch, so their seeds too depend on ``seed`` and the
+            epoch only; with CUDA, batches come through pinned memory).
+        channels_last: model parameters and 4-D float batch tensors in channels-last (NHWC) memory format,
+            on any device (same values up to float rounding; the model keeps that format after training).
+        compile: ``torch.compile`` the model's forward in place (True: the default backend; a string names
+            the backend, e.g. "eager" to debug). State-dict names do not change.
     """
 
     epochs: int = 5
@@ -54,12 +68,16 @@ class TrainCfg:
     amp: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    channels_last: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
+        if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        if not isinstance(self.compile, bool) and not (isinstance(self.compile, str) and self.compile):
+            raise ValueError(f"compile must be True, False or a torch.compile backend name, got {self.compile!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
 
@@ -89,15 +107,49 @@ def _set_lr(opt: torch.optim.Optimizer, step: int, total: int, power: float) -> 
         g["lr"] = poly_lr(g["initial_lr"], step, total, power)
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _to(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            nhwc = channels_last and v.dim() == 4 and v.is_floating_point()
+            v = v.to(device, non_blocking=True, memory_format=torch.channels_last if nhwc else torch.preserve_format)
+        out[k] = v
+    return out
 
 
-def _autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
+def autocast(device: torch.device | str, amp: str):
+    """The autocast context for ``amp`` (see :class:`TrainCfg`): bf16 or fp16 on CUDA, disabled elsewhere."""
+    if torch.device(device).type != "cuda" or amp == "off":
         return torch.autocast(device_type="cpu", enabled=False)
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def epoch_order(n: int, seed: int) -> list[int]:
+    """The sample order of one epoch, the same on every rank and for any number of workers.
+
+    It is the order the kit's earlier loop drew with ``num_workers=0``, so those runs keep their results:
+    a shuffling DataLoader with ``torch.Generator().manual_seed(seed)`` wrapped in ``tqdm.auto``, which
+    creates one extra iterator; each iterator drew a base seed from the generator before the permutation.
+    With ``num_workers > 0`` the earlier loop drew yet another order, so those runs change.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+class _LossStep(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so DistributedDataParallel sees every forward the loss makes
+    (``model(x)``, ``model.features(x)``, ...)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "loss_fn", loss_fn)  # a plain attribute: only the model is synchronised
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -120,20 +172,38 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
         dataset: map-style dataset of item dicts.
         loss_fn: ``loss_fn(model, batch) -> scalar`` (batch on ``device``, under autocast).
         cfg: :class:`TrainCfg`.
-        ckpt_dir: where ``last.pt`` is written after every epoch (None: no checkpoint).
+        device: under torchrun a bare "cuda" means this process's GPU, ``cuda:<LOCAL_RANK>``.
+        ckpt_dir: where ``last.pt`` is written after every epoch (None: no checkpoint); by rank 0 only, on a
+            folder every rank can read.
         resume: continue from ``ckpt_dir/last.pt`` when it exists.
-        val_fn: ``val_fn(model, epoch) -> dict`` run after each epoch (model in eval mode); logged.
+        val_fn: ``val_fn(model, epoch) -> dict`` run after each epoch (model in eval mode, on every rank);
+            logged.
+
+    With several processes (a process group of more than one, or torchrun's ``WORLD_SIZE`` > 1, which
+    :func:`~conta_kit.distributed.init_from_env` joins) each step splits the global batch of
+    ``cfg.batch_size`` over the ranks (:func:`~conta_kit.distributed.rank_batches`), the logged loss is the
+    mean over all ranks' images, and the history is the same on every rank. The run follows the
+    single-process one when the loss is a mean over images and uses no per-process randomness (dropout,
+    random augmentation) or batch statistics (batch norm in train mode computes them per rank).
 
     Raises:
-        FloatingPointError: on a NaN/inf loss (the last checkpoint is left as it was).
+        FloatingPointError: on a NaN/inf loss on any rank (the last checkpoint is left as it was).
     """
-    device = torch.device(device)
+    multi = distributed.init_from_env(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    device = distributed.rank_device(device)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     if steps_per_epoch == 0:
         raise ValueError("cannot train on an empty dataset")
+    if cfg.batch_size < world:
+        raise ValueError(f"batch_size ({cfg.batch_size}) is the global batch size and must be >= the number of "
+                         f"processes ({world})")
     total = cfg.epochs * steps_per_epoch
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
     history: list[dict[str, Any]] = []
     start = 0
     ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
@@ -141,39 +211,62 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, history = int(state["epoch"]) + 1, list(state.get("history", []))
-        log.info("resumed %s from %s at epoch %d", desc, ckpt, start)
+        if rank == 0:
+            log.info("resumed %s from %s at epoch %d", desc, ckpt, start)
+    if cfg.compile:
+        model.compile(**({} if cfg.compile is True else {"backend": cfg.compile}))
+    step: nn.Module = _LossStep(model, loss_fn)
+    if multi:  # find_unused_parameters: some parameters get no gradient (e.g. the stages before a detach)
+        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False,
-                            collate_fn=collate_fn, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        seed = cfg.seed * 1_000_003 + epoch
+        plan = distributed.rank_batches(epoch_order(len(dataset), seed), cfg.batch_size, rank, world)
+        loader = DataLoader(dataset, batch_sampler=[rows for rows, _, _ in plan], collate_fn=collate_fn,
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(seed))  # the workers' base seed
         model.train()
         running, n = 0.0, 0
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i, batch in enumerate(bar):
+        # a bar around the loader would create a second iterator (tqdm.auto does), with its own workers
+        bar = tqdm(total=len(plan), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
+                   leave=False)
+        for i, (batch, (_, count, weight)) in enumerate(zip(loader, plan)):
             _set_lr(opt, epoch * steps_per_epoch + i, total, cfg.poly_power)
-            batch = _to(batch, device)
-            with _autocast(device, cfg.amp):
-                loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}; "
-                                         f"stopped, last good checkpoint: {ckpt if ckpt and ckpt.exists() else 'none'}")
+            batch = _to(batch, device, cfg.channels_last)
+            with autocast(device, cfg.amp):
+                loss = step(batch)
+            finite = bool(torch.isfinite(loss))
+            if multi:
+                finite = distributed.all_reduce_sum([not finite], device)[0] == 0
+            if not finite:
+                raise FloatingPointError(f"{desc}: loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1}"
+                                         f"{f' (rank {rank})' if multi else ''}; stopped, last good checkpoint: "
+                                         f"{ckpt if ckpt and ckpt.exists() else 'none'}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            size = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
-            running += float(loss.detach()) * size
-            n += size
-            bar.set_postfix(loss=f"{running / n:.4f}")
+            scaler.scale(loss * weight).backward()
+            scaler.step(opt)
+            scaler.update()
+            running += float(loss.detach()) * count
+            n += count
+            bar.update()
+            bar.set_postfix(loss=f"{running / max(n, 1):.4f}")
+        bar.close()
+        running, n = distributed.all_reduce_sum([running, n], device)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr_end": opt.param_groups[0]["lr"]}
         if val_fn is not None:
             model.eval()
             record.update(val_fn(model, epoch))
         history.append(record)
-        log.info("%s epoch %d: %s", desc, epoch + 1, record)
-        if ckpt is not None:
-            save_checkpoint(ckpt, model, opt, epoch=epoch, history=history)
+        if rank == 0:
+            log.info("%s epoch %d: %s", desc, epoch + 1, record)
+            if ckpt is not None:
+                extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+                save_checkpoint(ckpt, model, opt, epoch=epoch, history=history, **extra)
+        distributed.barrier()
     model.eval()
     return history
 

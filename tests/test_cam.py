@@ -1,8 +1,12 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
-from conta_kit.cam import compute_cams, eval_mode, grad_cam, normalize_cams
+from conta_kit.cam import cams_to_shards, compute_cams, eval_mode, fold_batchnorm, grad_cam, load_cams, normalize_cams
 from conta_kit.models import build_classifier
 
 
@@ -95,3 +99,170 @@ def test_bad_input():
         compute_cams(m, torch.rand(3, 16, 16), torch.ones(1, 3))
     with pytest.raises(ValueError, match=r"cams must be \(B, C, H, W\)"):
         normalize_cams(torch.rand(3, 16, 16))
+
+
+def _load_reference():
+    """The benchmark's literal IRNet-protocol baseline (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cam_reference.py"
+    spec = importlib.util.spec_from_file_location("cam_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_cams
+
+
+def _calibrated(backbone="tiny", c=3):
+    """A classifier whose batch-norm statistics are not the identity (a few train-mode passes)."""
+    m = build_classifier(backbone, c)
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m.features(torch.rand(4, 3, 32, 32))
+    return m.eval()
+
+
+def test_reference_protocol_agrees_with_compute_cams():
+    reference_cams = _load_reference()
+    m = _calibrated()
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    variants = (((32, 48), True, (m, {}), (fold_batchnorm(m), {"channels_last": True, "max_pixels": 2000})),
+                ((40, 36), False, (m, {})))  # off multiples of 16 IRNet's high_res crop differs from a resize
+    for size, full, *runs in variants:
+        x = torch.rand(2, 3, *size)
+        ref = [reference_cams(m, x[i], labels[i]) for i in range(2)]
+        for model, kw in runs:
+            high, low = compute_cams(model, x, labels, return_strided=True, **kw)
+            torch.testing.assert_close(low, torch.stack([r[1] for r in ref]), rtol=0, atol=1e-4)
+            if full:
+                torch.testing.assert_close(high, torch.stack([r[0] for r in ref]), rtol=0, atol=1e-4)
+        assert float(torch.stack([r[1] for r in ref]).amax()) > 0.99  # maps normalised, not all zero
+    with pytest.raises(ValueError, match=r"image must be \(3, H, W\)"):
+        reference_cams(m, x, labels[0])
+
+
+def test_channels_last_pixel_budget_and_amp_options():
+    m = _calibrated()
+    x, labels = torch.rand(3, 3, 32, 32), torch.ones(3, 3)
+    base, base_low = compute_cams(m, x, labels, return_strided=True)
+    for kw in ({"channels_last": True}, {"max_pixels": 1}, {"max_pixels": 3 * 32 * 32}):
+        high, low = compute_cams(m, x, labels, return_strided=True, **kw)
+        torch.testing.assert_close(high, base, rtol=0, atol=1e-5)
+        torch.testing.assert_close(low, base_low, rtol=0, atol=1e-5)
+    for amp in ("auto", "bf16", "fp16"):  # autocast is CUDA only: the CPU path stays fp32, bit for bit
+        assert torch.equal(compute_cams(m, x, labels, amp=amp), base)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        compute_cams(m, x, labels, amp="int8")
+    with pytest.raises(ValueError, match="max_pixels must be None or an int >= 1, got 0"):
+        compute_cams(m, x, labels, max_pixels=0)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_fold_batchnorm_keeps_outputs_and_leaves_the_model(backbone):
+    m = _calibrated(backbone)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    folded = fold_batchnorm(m)
+    assert m.training and any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in folded.modules())
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), eval_mode(m):
+        ref = m.features(x)
+        torch.testing.assert_close(folded.features(x), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+class Items(Dataset):
+    """Seeded images and labels; counts item reads; raises at ``fail_at``."""
+
+    def __init__(self, n=7, c=3, fail_at=None):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.rand(n, 3, 32, 32, generator=g)
+        self.y = (torch.rand(n, c, generator=g) > 0.5).float()
+        self.y[:, 0] = 1.0
+        self.fail_at, self.reads = fail_at, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError("stopped")
+        self.reads.append(i)
+        return {"image": self.x[i], "labels": self.y[i]}
+
+
+def _expected(m, ds, batch_size, shard_size, **kw):
+    out = []
+    for s in range(0, len(ds), shard_size):
+        for i in range(s, min(s + shard_size, len(ds)), batch_size):
+            rows = slice(i, min(i + batch_size, s + shard_size, len(ds)))
+            out.append(compute_cams(m, ds.x[rows], ds.y[rows], return_strided=True, **kw))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def test_cam_shards_reassemble_to_compute_cams(tmp_path):
+    m, ds = _calibrated(), Items()
+    exact = {"dtype": "float32", "fold_bn": False, "channels_last": False, "amp": "off"}
+    high, low = _expected(m, ds, 3, 4)
+    for resolution, ref in (("strided", low), ("full", high)):
+        index = cams_to_shards(m, ds, tmp_path / resolution, batch_size=3, shard_size=4, resolution=resolution,
+                               progress=False, **exact)
+        assert index["complete"] and index["shards"] == ["shard_00000.pt", "shard_00001.pt"]
+        got = list(load_cams(tmp_path / resolution))
+        assert [i for i, _ in got] == list(range(7))
+        assert torch.equal(torch.stack([c for _, c in got]), ref)  # same batches, fp32: bit for bit
+    index = cams_to_shards(m, ds, tmp_path / "fast", batch_size=3, shard_size=4, progress=False)  # fp16, folded
+    assert index["dtype"] == "float16" and index["precision"] == "fp32"  # no autocast on a CPU
+    shard = torch.load(tmp_path / "fast" / "shard_00001.pt", weights_only=True)
+    assert shard["indices"].tolist() == [4, 5, 6] and shard["cams"][0].dtype == torch.float16
+    assert [k.tolist() for k in shard["keys"]] == [torch.nonzero(ds.y[i]).flatten().tolist() for i in (4, 5, 6)]
+    got = torch.stack([c for _, c in load_cams(tmp_path / "fast")])
+    torch.testing.assert_close(got, low, rtol=0, atol=1e-3)
+
+
+def test_cam_shards_resume_after_a_stop(tmp_path):
+    m = _calibrated()
+    with pytest.raises(RuntimeError, match="stopped"):
+        cams_to_shards(m, Items(fail_at=5), tmp_path, batch_size=2, shard_size=4, progress=False)
+    first = tmp_path / "shard_00000.pt"
+    assert first.is_file() and not (tmp_path / "shard_00001.pt").exists()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="not complete"):
+        list(load_cams(tmp_path))
+    stamp = first.stat().st_mtime_ns
+    ds = Items()
+    cams_to_shards(m, ds, tmp_path, batch_size=2, shard_size=4, progress=False)
+    assert sorted(ds.reads) == [4, 5, 6] and first.stat().st_mtime_ns == stamp  # shard 0 was not redone
+    assert len(list(load_cams(tmp_path))) == 7
+    ds = Items()
+    cams_to_shards(m, ds, tmp_path, batch_size=2, shard_size=4, progress=False)
+    assert ds.reads == []  # finished: nothing to do
+
+
+def test_cam_shards_refuse_foreign_folders_other_settings_and_bad_args(tmp_path):
+    m, ds = _calibrated(), Items()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty and holds no CAM shard index"):
+        cams_to_shards(m, ds, tmp_path / "notes", progress=False)
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["a.txt"]
+    cams_to_shards(m, ds, tmp_path / "cams", shard_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"written with scales=\[1.0, 0.5, 1.5, 2.0\], not \[1.0\]"):
+        cams_to_shards(m, ds, tmp_path / "cams", shard_size=4, scales=(1.0,), progress=False)
+    with pytest.raises(ValueError, match="written with model_sha256="):
+        cams_to_shards(_calibrated(c=3).train(), ds, tmp_path / "cams", shard_size=4, progress=False)
+    for kw, msg in (({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+                    ({"shard_size": 2.5}, "shard_size must be an int >= 1, got 2.5"),
+                    ({"resolution": "half"}, "resolution must be one of"),
+                    ({"dtype": "int8"}, "dtype must be one of"),
+                    ({"scales": (1.0, -0.5)}, "scales must be positive"),
+                    ({"amp": "yes"}, "amp must be one of")):
+        with pytest.raises(ValueError, match=msg):
+            cams_to_shards(m, ds, tmp_path / "bad", progress=False, **kw)
+    with pytest.raises(ValueError, match=r"dataset items must be dicts with 'image' and 'labels', got .*'image'"):
+        cams_to_shards(m, [{"image": torch.rand(3, 32, 32)}], tmp_path / "unlabelled", progress=False)
+    with pytest.raises(ValueError, match="dataset is empty"):
+        cams_to_shards(m, Items(0), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(FileNotFoundError, match="no index.json"):
+        list(load_cams(tmp_path / "notes"))

@@ -1,10 +1,14 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch._dynamo import register_backend
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from conta_kit.data import collate
-from conta_kit.train import TrainCfg, fit, make_optimizer, multilabel_loss, poly_lr
+from conta_kit.train import TrainCfg, epoch_order, fit, make_optimizer, multilabel_loss, poly_lr
 
 
 class Toy(Dataset):
@@ -107,3 +111,56 @@ def test_bad_config():
 def test_collate_fn_is_used():
     hist = fit(Net(), Toy(16), multilabel_loss, TrainCfg(epochs=1, batch_size=8), collate_fn=collate, progress=False)
     assert len(hist) == 1
+
+
+class Indexed(Toy):
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "index": torch.tensor(i)}
+
+
+def test_epoch_order_is_the_earlier_loops_order_and_fit_follows_it():
+    for n, seed in ((1, 0), (10, 3), (64, 1_000_003 * 7 + 2)):
+        earlier = tqdm(DataLoader(list(range(n)), batch_size=4, shuffle=True,  # the loop before epoch_order
+                                  generator=torch.Generator().manual_seed(seed)), disable=True)
+        assert epoch_order(n, seed) == [int(i) for b in earlier for i in b]
+    seen = []
+
+    def loss(model, batch):
+        seen.extend(batch["index"].tolist())
+        return multilabel_loss(model, batch)
+
+    fit(Net(), Indexed(10), loss, TrainCfg(epochs=2, batch_size=4, seed=3), progress=False)
+    assert seen == epoch_order(10, 3 * 1_000_003) + epoch_order(10, 3 * 1_000_003 + 1)
+    assert sorted(seen[:10]) == list(range(10)) and seen[:10] != seen[10:]
+
+
+def _plain_net():
+    torch.manual_seed(0)
+    net = Net()
+    net.drop = nn.Identity()
+    return net
+
+
+def test_channels_last_and_compile_follow_the_plain_run():
+    graphs = []
+
+    def recording_backend(gm, example_inputs):  # a torch.compile backend that runs the captured graph as is
+        graphs.append(gm)
+        return gm.forward
+
+    register_backend(recording_backend, name="conta_kit_test_recording")
+    cfg = TrainCfg(epochs=2, batch_size=16, lr=0.3)
+    plain = _plain_net()
+    base = [h["loss"] for h in fit(plain, Toy(32), multilabel_loss, cfg, progress=False)]
+    for kw in ({"channels_last": True}, {"compile": "conta_kit_test_recording"}):
+        net = _plain_net()
+        hist = fit(net, Toy(32), multilabel_loss, dataclasses.replace(cfg, **kw), progress=False)
+        assert [h["loss"] for h in hist] == pytest.approx(base, rel=1e-5), kw
+        for a, b in zip(net.state_dict().values(), plain.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert list(net.state_dict()) == list(plain.state_dict())  # parameter names unchanged
+        if "channels_last" in kw:
+            assert net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert graphs  # the forward went through torch.compile
+    with pytest.raises(ValueError, match="compile must be True, False or a torch.compile backend name, got ''"):
+        TrainCfg(compile="")

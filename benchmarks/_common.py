@@ -1,0 +1,53 @@
+"""Shared bits of the benchmark scripts: argument defaults, the environment block, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conta_kit.io import to_jsonable, write_json
+
+SKIPPED_NO_CUDA = "skipped: no CUDA device"
+
+
+def setup(threads: int, device: str) -> torch.device:
+    """Pin torch to ``threads`` CPU threads and resolve ``device`` ("auto": CUDA when there is one)."""
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device here")
+    return torch.device(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall time of ``fn()`` (CUDA work included) and its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def emit(result: dict[str, Any], out: str | None) -> None:
+    """Print ``result`` as JSON and, with ``out``, write it there atomically."""
+    print(json.dumps(to_jsonable(result), indent=2))
+    if out:
+        write_json(Path(out), result, overwrite=True)
