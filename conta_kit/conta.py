@@ -107,6 +107,9 @@ def to_grid(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return out[:, 0] if maps.dim() == 3 else out
 
 
+_CHUNK = 32  # images whose (1 + C, H, W) one-hot planes build_confounder_set holds at once
+
+
 @torch.no_grad()
 def build_confounder_set(batches: Iterable[Any], num_classes: int, grid: tuple[int, int], *,
                          prior: str = "uniform", include_bg: bool = False) -> ConfounderSet:
@@ -134,27 +137,33 @@ def build_confounder_set(batches: Iterable[Any], num_classes: int, grid: tuple[i
     counts = torch.zeros(num_classes + 1, dtype=torch.int64)
     for item in batches:
         masks, labels = (item if isinstance(item, tuple | list) else (item, None))
-        if masks.dim() == 3 and not masks.is_floating_point():
+        ids = masks.dim() == 3 and not masks.is_floating_point()
+        if ids:
             valid = masks != IGNORE_INDEX
             if bool(((masks < 0) | (masks > num_classes))[valid].any()):
                 raise ValueError(f"mask ids must be in 0..{num_classes} or {IGNORE_INDEX}, got "
                                  f"{sorted(masks[valid].unique().tolist())[:10]}")
-            probs = F.one_hot(masks.masked_fill(~valid, 0).long(), num_classes + 1).permute(0, 3, 1, 2)
-            probs = probs * valid[:, None]
-        elif masks.dim() == 4 and masks.shape[1] == num_classes + 1:
-            probs = masks
-        else:
+        elif not (masks.dim() == 4 and masks.shape[1] == num_classes + 1):
             raise ValueError(f"masks must be (B, H, W) label ids or (B, {num_classes + 1}, H, W) probabilities, "
                              f"got shape {tuple(masks.shape)} ({masks.dtype})")
-        on_grid = to_grid(probs.float(), grid).double().cpu()  # (B, 1 + C, h, w)
-        if labels is not None:
-            if labels.shape != (masks.shape[0], num_classes):
-                raise ValueError(f"labels must be ({masks.shape[0]}, {num_classes}), got {tuple(labels.shape)}")
-            present = torch.cat([torch.ones_like(labels[:, :1], dtype=torch.bool), labels > 0], 1).cpu()
-        else:
-            present = probs.flatten(2).amax(2).cpu() > 0
-        sums += (on_grid * present[:, :, None, None]).sum(0)
-        counts += present.sum(0)
+        if labels is not None and labels.shape != (masks.shape[0], num_classes):
+            raise ValueError(f"labels must be ({masks.shape[0]}, {num_classes}), got {tuple(labels.shape)}")
+        for i in range(0, masks.shape[0], _CHUNK):  # one-hot planes of at most _CHUNK images at a time
+            m = masks[i:i + _CHUNK]
+            if ids:
+                v = valid[i:i + _CHUNK]
+                probs = torch.zeros(m.shape[0], num_classes + 1, *m.shape[1:], device=m.device)
+                probs.scatter_(1, m.masked_fill(~v, 0).long()[:, None], v[:, None].float())
+            else:
+                probs = m.float()
+            on_grid = to_grid(probs, grid).double().cpu()  # (b, 1 + C, h, w)
+            if labels is not None:
+                lab = labels[i:i + _CHUNK]
+                present = torch.cat([torch.ones_like(lab[:, :1], dtype=torch.bool), lab > 0], 1).cpu()
+            else:
+                present = probs.flatten(2).amax(2).cpu() > 0
+            sums += (on_grid * present[:, :, None, None]).sum(0)
+            counts += present.sum(0)
     rows = torch.arange(0 if include_bg else 1, num_classes + 1)
     protos = (sums[rows] / counts[rows].clamp_min(1)[:, None, None]).float()
     empty = [int(r) for r in rows if counts[r] == 0]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cam import compute_cams, eval_mode
+from .cam import compute_cams, eval_mode, fold_batchnorm
 from .config import RunCfg, resolve_device
 from .conta import ConfounderSet, ContaClassifier, attention_statistics, build_adjustment, build_confounder_set
 from .data import COCOSegmentation, ConfoundedScenes, VOCSegmentation, collate
@@ -180,13 +180,14 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
     leak_off = ContextLeakage(paired) if paired is not None and both else None
     pseudo_cm, pseudo_cm_lab = ConfusionMatrix(n_labels), ConfusionMatrix(n_labels)
     pseudo, scores, targets, covered, total = [], [], [], 0, 0
+    fast = fold_batchnorm(model)  # inference copy: batch norm folded into the convolutions, NHWC, AMP on CUDA
     for batch in _batches(dataset, b.eval_batch_size, device, "CAMs", progress):
         x_m = batch.get("x_m")
-        logits = model(batch["image"], x_m) if x_m is not None else model(batch["image"])
+        logits = fast(batch["image"], x_m) if x_m is not None else fast(batch["image"])
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
-        out = compute_cams(model, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
-                           m_term=m_term)
+        out = compute_cams(fast, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
+                           m_term=m_term, channels_last=True, amp="auto")
         cams, cams_off = out if both else (out, None)
         for runs, c in ((cms, cams), (cms_off, cams_off)):
             if not runs:

@@ -259,3 +259,26 @@ def test_prototype_quality_against_a_reference():
     assert q["mean_cosine"] == pytest.approx(0.5) and q["within_cosine"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="sets differ"):
         prototype_quality(_orthogonal_set(k=2, h=2, w=2), ref)
+
+
+@pytest.mark.parametrize("fusion", ["last", "input", "layer2"])
+def test_folded_fast_path_gives_the_same_cams_for_an_adjusted_classifier(fusion):
+    from conta_kit.cam import fold_batchnorm
+
+    torch.manual_seed(0)
+    base = build_classifier("tiny", 3)
+    model = ContaClassifier(base, BackdoorAdjustment(_orthogonal_set(3, 4, 4)), fusion=fusion)
+    with torch.no_grad():  # non-trivial batch-norm statistics and M weights
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, xm, lab = torch.rand(2, 3, 32, 32), torch.rand(2, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    ref = compute_cams(model, x, lab, scales=(1.0, 0.5), x_m=xm, m_term="both")
+    fast = compute_cams(fold_batchnorm(model), x, lab, scales=(1.0, 0.5), x_m=xm, m_term="both", channels_last=True)
+    for a, b in zip(ref, fast):
+        assert torch.allclose(a, b, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x, xm), fold_batchnorm(model)(x, xm), atol=1e-4)
