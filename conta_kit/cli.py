@@ -3,6 +3,7 @@
     conta-kit run --preset smoke|default [-p key value ...] [--runs-root runs] [--name main]
     conta-kit baseline --preset default [-p key value ...] [--resume RUN_DIR]
     conta-kit conta --preset default --seeds 0 1 2 [-p rounds 3 ...] [--jobs 2] [--resume RUN_DIR]
+    torchrun --nproc_per_node=4 -m conta_kit.cli conta --preset gpu --seeds 0      # DDP, one process per GPU
     conta-kit sweep --preset bench [--rhos 0.5 0.75 0.9 0.99] [--seeds 0 1 2] [-p rounds 3] [--jobs 2]
                     [--resume RUN_DIR]
 
@@ -130,10 +131,18 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _conta(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .config import resolve_device
     from .rounds import check_round0_source, run_seeds, summary_table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        # under torchrun: join the process group; every rank trains (DDP), rank 0 creates and writes the run
+        if distributed.init_from_env(resolve_device(RunCfg.from_params(
+                preset=args.preset, **{k: _literal(v) for k, v in args.param}).device)):
+            if args.jobs > 1 or args.round0_from:
+                raise ValueError("with torchrun, run one process per GPU: --jobs 1 and no --round0-from")
+        multi, rank0 = distributed.is_distributed(), distributed.rank() == 0
         if args.resume:  # the stopped run's own settings, not the command line's
             run = Run(args.resume)
             p = run.params
@@ -146,18 +155,24 @@ def _conta(args: argparse.Namespace) -> int:
             cfg = RunCfg.from_params(preset=args.preset, **overrides)
             if round0:
                 check_round0_source(cfg, round0, seeds)  # before any folder is made
-            run = Run.create(args.name, args.runs_root, params={"preset": args.preset, "overrides": overrides,
-                                                                "seeds": seeds, "round0_from": round0,
-                                                                "resolved": cfg.to_dict()},
-                             seed=cfg.seed, device=cfg.device)
+            path = None
+            if rank0:
+                path = str(Run.create(args.name, args.runs_root, params={
+                    "preset": args.preset, "overrides": overrides, "seeds": seeds, "round0_from": round0,
+                    "resolved": cfg.to_dict(), **({"world_size": distributed.world_size()} if multi else {})},
+                    seed=cfg.seed, device=cfg.device).path)
+            run = Run(distributed.broadcast_object(path))
         t0 = time.perf_counter()
         summary = run_seeds(cfg, run, seeds, jobs=args.jobs, progress=not args.no_progress,
                             round0_from=round0)
     except (ValueError, FileNotFoundError) as e:
         print(f"conta-kit: error: {e}", file=sys.stderr)
         return 2
-    print(f"run folder: {run.path}  ({time.perf_counter() - t0:.0f} s)")
-    print(summary_table(summary))
+    finally:
+        distributed.cleanup()
+    if rank0:
+        print(f"run folder: {run.path}  ({time.perf_counter() - t0:.0f} s)")
+        print(summary_table(summary))
     return 0
 
 

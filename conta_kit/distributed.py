@@ -127,3 +127,13 @@ def rank_batches(order: Sequence[int], batch_size: int, rank: int = 0,
         mine = group[rank::world]
         plan.append((mine, len(mine), world * len(mine) / len(group)) if mine else (group[:1], 0, 0.0))
     return plan
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (``obj`` itself outside a process group), e.g. the run folder that
+    rank 0 alone creates."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

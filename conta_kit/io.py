@@ -23,13 +23,22 @@ from typing import Any
 _TRACKED = ("torch", "torchvision", "numpy", "captum", "papermill", "matplotlib", "seaborn", "pillow", "conta_kit")
 
 
+def _writer() -> bool:
+    """False on ranks other than 0 of a process group (torchrun): rank 0 alone writes files."""
+    dist = sys.modules.get("torch.distributed")
+    return not (dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename (on rank 0 only, inside a
+    process group of several).
 
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
+    if not _writer():
+        return path
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)

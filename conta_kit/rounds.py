@@ -137,8 +137,14 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
     result is the same as an uninterrupted run). ``round0_from`` (a seed folder or its ``round_0``) reuses
     a finished baseline of the same seed and settings, e.g. for ablations of CONTA's options.
     """
+    from . import distributed
+
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg)
+    if distributed.is_distributed():  # torchrun: every rank trains (DDP in fit), rank 0 alone writes
+        if round0_from is not None:
+            raise ValueError("round0_from is not supported with several processes; run it in one process")
+        progress = progress and distributed.rank() == 0
     if round0_from is not None and not (run.path / "round_0" / "metrics.json").exists():
         reuse_round0(cfg, run, round0_from, splits, progress)
     rounds: list[dict[str, Any]] = []
@@ -157,6 +163,7 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
             write_json(done, m)
         rounds.append(m)
         run.log_metrics("conta", {"rounds": rounds, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()  # the other ranks read what rank 0 wrote (C, x_m) only after it is there
         if t < last:
             conf = ConfounderSet.load(root / "confounders.pt")
             x_m = torch.load(root / "x_m.pt", map_location="cpu", weights_only=True)
@@ -277,11 +284,13 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
 def seed_run(run: Run, cfg: RunCfg) -> Run:
     """``run/seed_<cfg.seed>/`` as a run folder (made on first use), where :func:`run_conta` writes."""
     p = run.path / f"seed_{cfg.seed}"
-    if not p.exists():
-        p.mkdir()
-        write_json(p / "params.json", {"seed": cfg.seed, "resolved": cfg.to_dict()})
-        write_json(p / "metrics.json", {})
-        (p / "figures").mkdir()
+    if not (p / "params.json").exists():
+        (p / "figures").mkdir(parents=True, exist_ok=True)
+        write_json(p / "params.json", {"seed": cfg.seed, "resolved": cfg.to_dict()}, overwrite=True)
+        write_json(p / "metrics.json", {}, overwrite=True)
+    from . import distributed
+
+    distributed.barrier()
     return Run(p)
 
 

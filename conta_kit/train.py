@@ -255,6 +255,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
             bar.update()
             bar.set_postfix(loss=f"{running / max(n, 1):.4f}")
         bar.close()
+        if multi:  # batch-norm statistics moved per rank: every rank takes rank 0's (the checkpointed ones)
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf.data, src=0)
         running, n = distributed.all_reduce_sum([running, n], device)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr_end": opt.param_groups[0]["lr"]}
         if val_fn is not None:

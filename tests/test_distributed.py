@@ -165,3 +165,54 @@ def test_outside_a_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE must be a positive integer, got 'two'"):
         distributed.init_from_env()
+
+
+_CONTA_ARGS = ["conta", "--preset", "smoke", "--seeds", "0", "--no-progress", "-p", "image_size", "32",
+               "-p", "num_train", "24", "-p", "num_val", "12", "-p", "num_shifted", "12", "-p", "num_ood", "12",
+               "-p", "cls_epochs", "1", "-p", "seg_epochs", "1", "-p", "cam_scales", "[1.0]", "-p", "rounds", "1"]
+
+
+def _cli_worker(rank, world, port, out):
+    faulthandler.enable()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import conta_kit.pipeline as pipeline
+    from conta_kit.cli import main
+
+    states = []
+    build = pipeline.build_round_classifier
+
+    def keep(*a, **k):  # each rank's classifiers, to compare their weights after training
+        model = build(*a, **k)
+        states.append(model)
+        return model
+
+    pipeline.build_round_classifier = keep
+    rc = main([*_CONTA_ARGS, "--runs-root", str(Path(out) / "runs")])
+    torch.save({"rc": rc, "states": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in states]},
+               Path(out) / f"cli{rank}.pt")
+
+
+@pytest.mark.slow
+def test_conta_cli_under_two_processes_writes_one_run_with_synchronised_models(tmp_path):
+    ctx = mp.start_processes(_cli_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the 2 processes did not finish within {TIMEOUT_S} s")
+    res = [torch.load(tmp_path / f"cli{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["rc"] for r in res] == [0, 0]
+    (run,) = (tmp_path / "runs").iterdir()  # rank 0 made the folder, rank 1 used it
+    params = (run / "params.json").read_text()
+    assert '"world_size": 2' in params
+    for t in (0, 1):
+        assert (run / "seed_0" / f"round_{t}" / "metrics.json").exists()
+    assert len(res[0]["states"]) == len(res[1]["states"]) == 2  # rounds 0 and 1
+    for a, b in zip(res[0]["states"], res[1]["states"]):  # DDP kept the ranks' weights equal
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    assert not any(p.name.startswith(".") for p in run.rglob("*"))  # no temporary file left behind
