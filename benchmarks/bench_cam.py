@@ -32,6 +32,7 @@ from conta_kit.cam import compute_cams, fold_batchnorm
 from conta_kit.models import build_classifier
 
 TOLERANCE = 1e-4
+FP32_CASES = ("kit", "kit_fast")
 
 
 def _inputs(n: int, size: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +93,8 @@ def main() -> None:
     if device.type == "cuda":
         cases["kit_amp_channels_last"] = lambda: batched(fast, channels_last=True, max_pixels=a.max_pixels,
                                                          amp="bf16")
+    else:  # bf16 autocast on the CPU, asked for by name (not the fp32 path: not held to 1e-4)
+        cases["kit_cpu_bf16"] = lambda: batched(fast, channels_last=True, max_pixels=a.max_pixels, amp="bf16")
     if device.type == "cuda":  # warm-up round, not timed: cuDNN autotuning, allocator
         for fn in cases.values():
             timed(fn, device)
@@ -116,14 +119,18 @@ def main() -> None:
         entry = {"images_per_s": round(rate, 2), "times_s": times[name],
                  "ratio_vs_reference": round(rate / ref_rate, 3), "max_abs_diff_high_res": diff_high,
                  "max_abs_diff_strided": diff_low}
-        if name != "kit_amp_channels_last":
+        if name in FP32_CASES:
             entry["fp32_within_1e-4"] = max(diff_high, diff_low) <= TOLERANCE
         result[name] = entry
     if device.type != "cuda":
         result["kit_amp_channels_last"] = {"skipped": SKIPPED_NO_CUDA}
-    best = max(v["ratio_vs_reference"] for k, v in result.items() if k.startswith("kit") and "skipped" not in v)
+    # the target is judged on the paths that agree with the reference (fp32; on CUDA also the AMP path)
+    judged = FP32_CASES + (("kit_amp_channels_last",) if device.type == "cuda" else ())
+    best = max(result[k]["ratio_vs_reference"] for k in judged)
     target = 5.0 if device.type == "cuda" else 2.0
     result.update({"best_ratio_vs_reference": best, "target_ratio": target, "meets_target": best >= target})
+    if "kit_cpu_bf16" in result:
+        result["cpu_bf16_ratio_vs_reference"] = result["kit_cpu_bf16"]["ratio_vs_reference"]
     emit(result, a.out)
 
 

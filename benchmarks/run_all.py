@@ -66,7 +66,9 @@ def markdown(prefix: str) -> str:
                       "| case | images/s | ratio vs reference | max abs diff high_res | max abs diff strided |",
                       "|---|---|---|---|---|",
                       f"| reference (IRNet protocol, per image) | {d['reference']['images_per_s']} | 1 | | |"]
-            for case in ("kit", "kit_fast", "kit_amp_channels_last"):
+            for case in ("kit", "kit_fast", "kit_amp_channels_last", "kit_cpu_bf16"):
+                if case not in d:
+                    continue
                 e = d[case]
                 lines.append(f"| {case} | {_cell(e, 'images_per_s')} | {_cell(e, 'ratio_vs_reference')} | "
                              f"{_cell(e, 'max_abs_diff_high_res')} | {_cell(e, 'max_abs_diff_strided')} |")

@@ -147,7 +147,7 @@ def test_channels_last_pixel_budget_and_amp_options():
         high, low = compute_cams(m, x, labels, return_strided=True, **kw)
         torch.testing.assert_close(high, base, rtol=0, atol=1e-5)
         torch.testing.assert_close(low, base_low, rtol=0, atol=1e-5)
-    for amp in ("auto", "bf16", "fp16"):  # autocast is CUDA only: the CPU path stays fp32, bit for bit
+    for amp in ("auto", "fp16"):  # CUDA only: the CPU path stays fp32, bit for bit (bf16 by name: below)
         assert torch.equal(compute_cams(m, x, labels, amp=amp), base)
     with pytest.raises(ValueError, match="amp must be one of"):
         compute_cams(m, x, labels, amp="int8")
@@ -266,3 +266,14 @@ def test_cam_shards_refuse_foreign_folders_other_settings_and_bad_args(tmp_path)
     assert not (tmp_path / "bad").exists()
     with pytest.raises(FileNotFoundError, match="no index.json"):
         list(load_cams(tmp_path / "notes"))
+
+
+def test_cpu_bf16_is_asked_for_by_name_and_stays_close():
+    torch.manual_seed(0)
+    model = build_classifier("tiny", 3).eval()
+    x, lab = torch.rand(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    ref = compute_cams(model, x, lab, scales=(1.0, 0.5))
+    assert torch.equal(compute_cams(model, x, lab, scales=(1.0, 0.5), amp="auto"), ref)  # auto: fp32 on a CPU
+    low = compute_cams(model, x, lab, scales=(1.0, 0.5), amp="bf16")
+    assert not torch.equal(low, ref)  # it did run in bf16
+    assert float((low - ref).abs().max()) < 0.1 and low.dtype == torch.float32
