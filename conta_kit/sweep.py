@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunCfg
+from .config import DataCfg, RunCfg
 from .io import Run, read_json
 from .rounds import HEADLINE, _get, _seed_job, seed_run
 
@@ -158,7 +158,7 @@ def _fmt(cell: dict[str, Any] | None, metric: str) -> str:
 
 def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> str:
     """Markdown: seed mIoU, pseudo-mask mIoU and CAM leakage as methods x rho tables (mean ± std over
-    seeds), then every metric at ``detail_rho`` (default: the largest rho below 1)."""
+    seeds), then every metric at ``detail_rho`` (default: the rho closest to the benchmark's 0.9)."""
     rhos = [f"{r:g}" for r in summary["rhos"]]
     out = []
     for metric, title in (("seed_miou_fixed", "Seed (CAM) mIoU on train, fixed threshold"),
@@ -171,8 +171,7 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
             out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), metric) for r in rhos) + " |")
         out.append("")
     if detail_rho is None:
-        below = [r for r in summary["rhos"] if r < 1.0]
-        detail_rho = max(below) if below else summary["rhos"][-1]
+        detail_rho = default_detail_rho(summary)
     r = f"{detail_rho:g}"
     names = ("seg_miou", "seed_bf_fixed", "seed_precision_fixed", "seed_recall_fixed", "context_reliance",
              "ood_fp_rate", "ood_fp_rate_random")
@@ -183,6 +182,11 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
     for name, cells in summary["methods"].items():
         out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), n) for n in names) + " |")
     return "\n".join(out) + "\n"
+
+
+def default_detail_rho(summary: dict[str, Any]) -> float:
+    """The rho shown in detail: the one closest to the benchmark's default cooccurrence (0.9)."""
+    return min(summary["rhos"], key=lambda r: (abs(r - DataCfg().cooccurrence), -r))
 
 
 def load_sweep(root: str | Path) -> dict[str, Any]:
