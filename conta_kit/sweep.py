@@ -156,6 +156,11 @@ def _fmt(cell: dict[str, Any] | None, metric: str) -> str:
     return f"{s['mean']:.3f} ± {std:.3f}" if std is not None and not math.isnan(std) else f"{s['mean']:.3f}"
 
 
+def _ordered(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(method, cells) in the order of :func:`methods` (JSON may have sorted the keys)."""
+    return [(m, summary["methods"][m]) for m in methods(summary["rounds"]) if m in summary["methods"]]
+
+
 def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> str:
     """Markdown: seed mIoU, pseudo-mask mIoU and CAM leakage as methods x rho tables (mean ± std over
     seeds), then every metric at ``detail_rho`` (default: the rho closest to the benchmark's 0.9)."""
@@ -167,7 +172,7 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
                           ("cam_leakage", "CAM leakage onto the paired context (lower is better)")):
         out.append(f"**{title}**\n\n| method | " + " | ".join(f"rho {r}" for r in rhos) + " |\n|---|"
                    + "---|" * len(rhos))
-        for name, cells in summary["methods"].items():
+        for name, cells in _ordered(summary):
             out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), metric) for r in rhos) + " |")
         out.append("")
     if detail_rho is None:
@@ -179,7 +184,7 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
                "threshold; context reliance: mAP on val minus mAP on shifted; OoD FP: share of held-out "
                "background-only images with a class probability > 0.5)\n\n| method | " + " | ".join(names)
                + " |\n|---|" + "---|" * len(names))
-    for name, cells in summary["methods"].items():
+    for name, cells in _ordered(summary):
         out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), n) for n in names) + " |")
     return "\n".join(out) + "\n"
 

@@ -347,7 +347,9 @@ def plot_sweep(summary: dict[str, Any], metrics: Sequence[str] = ("seed_miou_fix
                methods: Sequence[str] | None = None) -> Figure:
     """The confounding sweep: one panel per metric against rho, one line per method, mean ± std over seeds
     (``summary`` from :func:`conta_kit.sweep.summarize_sweep`)."""
-    names = list(methods or summary["methods"])
+    from .sweep import methods as _all_methods
+
+    names = list(methods or [m for m in _all_methods(summary["rounds"]) if m in summary["methods"]])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, name in enumerate(names):
