@@ -3,6 +3,7 @@
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
     python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--seed 0] [--update README.md --block ablations]
     python -m conta_kit.report --sweep SWEEP_DIR --update README.md --block sweep   # figures -> docs/figures/
+    python -m conta_kit.report --sweep SWEEP_DIR SWEEP_DIR ... --update README.md --block wood-ablations
 
 The block between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` is replaced with the table
 made from RUN_DIR's metrics.json, so every number in the README comes from a run folder.
@@ -11,12 +12,13 @@ made from RUN_DIR's metrics.json, so every number in the README comes from a run
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .io import Run, atomic_write_text, read_json
+from .io import Run, atomic_write_bytes, atomic_write_text, read_json
 from .rounds import diagnose_prototypes, load_summary, summarize, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
@@ -130,8 +132,6 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: in
 def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, link_prefix: str = "") -> str:
     """The README block of a confounding sweep (notebook 07): provenance and wall time, the headline and
     per-class figures the notebook drew (copied into ``figure_dir``), and the tables it wrote."""
-    import shutil
-
     from .sweep import load_sweep
 
     run = Run(run_dir)
@@ -155,10 +155,36 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, li
         figure_dir.mkdir(parents=True, exist_ok=True)
         for name in ("07_sweep_headline", "07_sweep_per_class", "07_sweep_ood_cams"):
             src = run.figures / f"{name}.png"
-            if src.exists():
-                shutil.copyfile(src, figure_dir / f"{name}.png")
+            if src.exists():  # a 256-colour palette copy keeps the repository small
+                from PIL import Image
+
+                buf = io.BytesIO()
+                Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
+                atomic_write_bytes(figure_dir / f"{name}.png", buf.getvalue(), overwrite=True)
                 lines += [f"![{name}]({link_prefix}{figure_dir.as_posix()}/{name}.png)", ""]
     return "\n".join(lines) + "\n" + tables.read_text()
+
+
+def sweep_ablation_markdown(run_dirs: list[str | Path], rho: float | None = None) -> str:
+    """One row per sweep folder (e.g. ``-p pool hard|random|mined``): W-OoD against its run's baseline at
+    ``rho`` (default: the rho closest to 0.9), mean ± std over seeds, labelled by the folder's overrides."""
+    from .sweep import _fmt, default_detail_rho, load_sweep
+
+    names = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "cam_leakage", "context_reliance", "ood_fp_rate",
+             "ood_fp_rate_random")
+    head = "| variant | method | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
+    rows = []
+    for d in run_dirs:
+        run = Run(d)
+        summary = load_sweep(run.path)
+        r = f"{rho if rho is not None else default_detail_rho(summary):g}"
+        over = {k: v for k, v in run.params.get("overrides", {}).items() if k not in ("rhos", "seeds", "jobs")}
+        label = ", ".join(f"{k}={v}" for k, v in over.items()) or "defaults"
+        for method in ("baseline", "W-OoD"):
+            cell = summary["methods"].get(method, {}).get(r)
+            rows.append(f"| {label} | {method} | " + " | ".join(_fmt(cell, n) for n in names) + " |")
+    return (head + "\n".join(rows) + f"\n\nrho {r}; run folders: "
+            + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n")
 
 
 def update_block(path: str | Path, block: str, text: str) -> None:
@@ -186,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", default="conta")
     args = p.parse_args(argv)
     try:
-        if args.sweep:
-            if len(args.run_dirs) != 1:
-                raise ValueError("--sweep takes one sweep folder")
+        if args.sweep and len(args.run_dirs) > 1:
+            text = sweep_ablation_markdown(args.run_dirs)
+        elif args.sweep:
             text = sweep_markdown(args.run_dirs[0], args.figure_dir if args.update else None)
         elif args.ablations:
             text = ablation_markdown(args.run_dirs, args.round, args.seed)
