@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -44,3 +45,19 @@ def write_voc_with_photo(root: Path) -> Path:
     root = write_voc(root, items, split="train")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2011_003271\n2007_000001\n")
     return root
+
+
+class ToyMultiLabel(torch.utils.data.Dataset):
+    """Linearly separable multi-label toy data: n images (3, 8, 8) and 3 labels, from ``seed``."""
+
+    def __init__(self, n: int = 64, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
+        self.x = torch.rand(n, 3, 8, 8, generator=g) * 0.5 + self.y[:, :, None, None] * 0.5
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.x[i], "labels": self.y[i]}
+

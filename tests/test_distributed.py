@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
-from torch.utils.data import Dataset
+from _helpers import ToyMultiLabel
 
 from conta_kit import distributed
 from conta_kit.train import TrainCfg, fit, multilabel_loss
@@ -22,17 +22,8 @@ CFG = TrainCfg(epochs=3, batch_size=8, lr=0.5, seed=4)
 TIMEOUT_S = 150
 
 
-class Toy(Dataset):
-    def __init__(self, n):
-        g = torch.Generator().manual_seed(n)
-        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
-        self.x = torch.rand(n, 3, 8, 8, generator=g) * 0.5 + self.y[:, :, None, None] * 0.5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "labels": self.y[i]}
+def Toy(n):  # noqa: N802 - a dataset
+    return ToyMultiLabel(n, seed=n)
 
 
 class Net(nn.Module):
@@ -98,8 +89,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _spawn(world, out):
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=False,
+def _spawn(world, out, worker=None):
+    """Run ``worker(rank, world, port, out)`` in ``world`` processes; fail the test after TIMEOUT_S."""
+    ctx = mp.start_processes(worker or _worker, args=(world, _free_port(), str(out)), nprocs=world, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=2):
@@ -107,6 +99,8 @@ def _spawn(world, out):
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"the {world} training processes did not finish within {TIMEOUT_S} s")
+    if worker is not None:
+        return None
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -196,14 +190,7 @@ def _cli_worker(rank, world, port, out):
 
 @pytest.mark.slow
 def test_conta_cli_under_two_processes_writes_one_run_with_synchronised_models(tmp_path):
-    ctx = mp.start_processes(_cli_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2 processes did not finish within {TIMEOUT_S} s")
+    _spawn(2, tmp_path, _cli_worker)
     res = [torch.load(tmp_path / f"cli{r}.pt", weights_only=False) for r in range(2)]
     assert [r["rc"] for r in res] == [0, 0]
     (run,) = (tmp_path / "runs").iterdir()  # rank 0 made the folder, rank 1 used it

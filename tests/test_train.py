@@ -3,27 +3,17 @@ import dataclasses
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import ToyMultiLabel
 from torch._dynamo import register_backend
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from conta_kit.data import collate
 from conta_kit.train import TrainCfg, epoch_order, fit, make_optimizer, multilabel_loss, poly_lr
 
 
-class Toy(Dataset):
-    """Linearly separable multi-label toy data."""
-
-    def __init__(self, n=64):
-        g = torch.Generator().manual_seed(0)
-        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
-        self.x = torch.rand(n, 3, 8, 8, generator=g) * 0.5 + self.y[:, :, None, None] * 0.5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "labels": self.y[i]}
+def Toy(n=64):  # noqa: N802 - a dataset
+    return ToyMultiLabel(n, seed=0)
 
 
 class Net(nn.Module):
@@ -113,7 +103,7 @@ def test_collate_fn_is_used():
     assert len(hist) == 1
 
 
-class Indexed(Toy):
+class Indexed(ToyMultiLabel):
     def __getitem__(self, i):
         return {**super().__getitem__(i), "index": torch.tensor(i)}
 
