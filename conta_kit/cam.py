@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .io import atomic_torch_save, read_json, write_json
-from .train import AMP_MODES, autocast
+from .train import AMP_MODES
 
 SHARD_FORMAT = "conta_kit.cam_shards/1"
 RESOLUTIONS = ("strided", "full")
@@ -87,11 +87,22 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, eps: 
     return cams / (cams.amax(dim=(2, 3), keepdim=True) + eps)
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cam_precision(device: torch.device, amp: str) -> str:
+    """The precision CAM forward passes run in: on CUDA as ``amp`` says ("auto" = bf16), on a CPU bf16 only
+    when asked for by name (bf16 matrix units such as AMX), fp32 everywhere else."""
+    if device.type == "cuda":
+        return "fp32" if amp == "off" else ("fp16" if amp == "fp16" else "bf16")
+    return "bf16" if device.type == "cpu" and amp == "bf16" else "fp32"
+
+
 def _view_cams(model: nn.Module, x: torch.Tensor, xm: torch.Tensor | None, terms: tuple[bool, ...],
                one_pass: bool, amp: str) -> list[torch.Tensor]:
     """One forward pass over views ``x`` -> the fp32 CAM of each M term (features under autocast)."""
-    cpu_bf16 = x.device.type == "cpu" and amp == "bf16"  # asked for by name: bf16 matmul units (AMX) on CPUs
-    with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else autocast(x.device, amp):
+    precision = cam_precision(x.device, amp)
+    with torch.autocast(x.device.type, dtype=_DTYPES[precision], enabled=precision != "fp32"):
         if xm is None:
             feats = {True: model.features(x)}
         elif one_pass:
@@ -310,10 +321,7 @@ def cams_to_shards(model: nn.Module, dataset: Dataset, out_dir: str | Path, *, b
         from .data import collate as collate_fn
     device = torch.device(device)
     out = Path(out_dir)
-    if device.type == "cuda":
-        precision = "fp32" if amp == "off" else ("fp16" if amp == "fp16" else "bf16")
-    else:
-        precision = "bf16" if amp == "bf16" else "fp32"
+    precision = cam_precision(device, amp)
     settings = {"format": SHARD_FORMAT, "num_images": n, "num_classes": int(model.head.weight.shape[0]),
                 "shard_size": shard_size, "resolution": resolution, "dtype": dtype,
                 "scales": [float(s) for s in scales], "flip": bool(flip), "precision": precision,

@@ -388,7 +388,7 @@ def run_round(cfg: RunCfg, root: Path, splits: dict[str, Dataset], *, progress: 
                                                  "mean_max_prob": float(top.mean()), "num_images": len(top)}
     fixed = tr["cms"][b.bg_threshold].compute()
     seed = {
-        "fixed_threshold": b.bg_threshold, "miou_fixed": tr["cms"][b.bg_threshold].compute()["miou"],
+        "fixed_threshold": b.bg_threshold, "miou_fixed": fixed["miou"],
         "best_threshold_on_val": best_t, "miou_best": tr["cms"][best_t].compute()["miou"],
         "bf_fixed": tr["bf"][b.bg_threshold].compute()["bf"], "bf_best": tr["bf"][best_t].compute()["bf"],
         "val_sweep": val_eval["by_threshold"], "per_class_iou_fixed": fixed["iou"],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import Run, atomic_write_bytes, atomic_write_text, read_json
-from .rounds import diagnose_prototypes, load_summary, summarize, summary_table
+from .rounds import diagnose_prototypes, load_summary, mean_std, summarize, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -63,9 +63,8 @@ def prototype_markdown(run_dir: str | Path) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def ms(v: list[float]) -> str:
-        m = sum(v) / len(v)
-        s = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else float("nan")
-        return f"{m:.3f} ± {s:.3f}"
+        st = mean_std(v)
+        return f"{st['mean']:.3f} ± {st['std']:.3f}"
 
     for t, d in sorted(per_round.items()):
         extra = " | ".join(ms(d[k]) if k in d else "—" for k in ("x_m_mean_train", "object_pixel_share_train"))
@@ -129,7 +128,7 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: in
     return head + "\n".join(rows) + "\n\nRun folders: " + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n"
 
 
-def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, link_prefix: str = "") -> str:
+def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) -> str:
     """The README block of a confounding sweep (notebook 07): provenance and wall time, the headline and
     per-class figures the notebook drew (copied into ``figure_dir``), and the tables it wrote."""
     from .sweep import load_sweep
@@ -161,7 +160,7 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None, li
                 buf = io.BytesIO()
                 Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
                 atomic_write_bytes(figure_dir / f"{name}.png", buf.getvalue(), overwrite=True)
-                lines += [f"![{name}]({link_prefix}{figure_dir.as_posix()}/{name}.png)", ""]
+                lines += [f"![{name}]({figure_dir.as_posix()}/{name}.png)", ""]
     return "\n".join(lines) + "\n" + tables.read_text()
 
 

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -170,6 +170,13 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
     return rounds
 
 
+def mean_std(vals: list[float]) -> dict[str, Any]:
+    """``{"mean", "std" (sample, ddof 1; NaN for one value), "values"}`` of a non-empty list."""
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return {"mean": mean, "std": std, "values": vals}
+
+
 def summarize(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Mean, std (sample, ddof 1) and values over seeds for every headline number of every round."""
     n_rounds = min(len(r) for r in per_seed.values())
@@ -179,11 +186,8 @@ def summarize(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
         for name, path in HEADLINE.items():
             vals = [_get(per_seed[s][t], path) for s in sorted(per_seed)]
             vals = [v for v in vals if v is not None and not math.isnan(v)]
-            if not vals:
-                continue
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
-            row[name] = {"mean": mean, "std": std, "values": vals}
+            if vals:
+                row[name] = mean_std(vals)
         out.append(row)
     return {"seeds": sorted(per_seed), "rounds": out}
 
@@ -194,6 +198,31 @@ def _seed_job(cfg: RunCfg, path: str, progress: bool, threads: int | None,
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {cfg.seed} %(name)s: %(message)s")
     return run_conta(cfg, Run(path), progress=progress, round0_from=round0_from)
+
+
+def run_jobs(tasks: list[tuple[RunCfg, str, str | None]], jobs: int = 1, *, progress: bool = True,
+             on_done: Callable[[], None] | None = None) -> list[list[dict[str, Any]]]:
+    """:func:`run_conta` for every ``(cfg, seed folder, round0_from)``; the rounds of each, in order.
+
+    ``jobs`` > 1 runs that many at once in spawned processes, the CPU threads split between them (no
+    progress bars there). ``on_done`` is called after each task, in task order.
+    """
+    out: list[list[dict[str, Any]]] = []
+    if jobs <= 1:
+        for c, path, r0 in tasks:
+            out.append(run_conta(c, Run(path), progress=progress, round0_from=r0))
+            if on_done is not None:
+                on_done()
+        return out
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        for f in [ex.submit(_seed_job, c, path, False, threads, r0) for c, path, r0 in tasks]:
+            out.append(f.result())
+            if on_done is not None:
+                on_done()
+    return out
 
 
 def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progress: bool = True,
@@ -208,20 +237,8 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
     paths = {s: str(seed_run(run, replace(cfg, seed=s)).path) for s in seeds}
     src = {s: str(Path(round0_from) / f"seed_{s}") for s in seeds} if round0_from is not None else {}
-    per_seed: dict[int, list[dict[str, Any]]] = {}
-    if jobs <= 1:
-        for s in seeds:
-            per_seed[s] = run_conta(replace(cfg, seed=s), Run(paths[s]), progress=progress,
-                                    round0_from=src.get(s))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {s: ex.submit(_seed_job, replace(cfg, seed=s), paths[s], False, threads, src.get(s))
-                    for s in seeds}
-            per_seed = {s: f.result() for s, f in futs.items()}
-    summary = summarize(per_seed)
+    results = run_jobs([(replace(cfg, seed=s), paths[s], src.get(s)) for s in seeds], jobs, progress=progress)
+    summary = summarize(dict(zip(seeds, results)))
     run.log_metrics("summary", summary)
     return summary
 

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .config import DataCfg, RunCfg
 from .io import Run, read_json
-from .rounds import HEADLINE, _get, _seed_job, seed_run
+from .rounds import HEADLINE, _get, mean_std, run_jobs, seed_run
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +79,15 @@ def run_sweep(cfg: RunCfg, run: Run, rhos: list[float], seeds: list[int], *, job
             sub = _arm_run(run.path, rho, arm)
             for s in seeds:
                 c = replace(arm_cfg(cfg, rho, arm), seed=s)
-                tasks.append((c, str(seed_run(sub, c).path)))
+                tasks.append((c, str(seed_run(sub, c).path), None))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), desc="sweep (rho, arm, seed)", disable=not progress)
-    if jobs == 1:
-        for c, path in tasks:
-            _seed_job(c, path, False, None, None)
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            for f in [ex.submit(_seed_job, c, path, False, threads, None) for c, path in tasks]:
-                f.result()
-                bar.update()
+    run_jobs(tasks, jobs, progress=False, on_done=bar.update)
     bar.close()
     summary = summarize_sweep(run.path)
     run.log_metrics("sweep", summary)
     return summary
-
-
-def _stats(vals: list[float]) -> dict[str, Any]:
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
-    return {"mean": mean, "std": std, "values": vals}
 
 
 def summarize_sweep(root: str | Path) -> dict[str, Any]:
@@ -132,7 +114,7 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
             for metric in SWEEP_METRICS:
                 vals = [v for v in (_get(m, HEADLINE[metric]) for m in per_seed) if v is not None and not math.isnan(v)]
                 if vals:
-                    cell[metric] = _stats(vals)
+                    cell[metric] = mean_std(vals)
             for key, path in PER_CLASS.items():
                 lists = [m[path[0]][path[1]] for m in per_seed if path[1] in m.get(path[0], {})]
                 if lists:

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from .cam import eval_mode
 from .config import RunCfg, WOoDConfig
@@ -94,15 +93,15 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0,
 def _features(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, desc: str,
               progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(f (N, D), sigmoid scores (N, C), labels (N, C)) over ``dataset`` without augmentation."""
+    from .pipeline import _batches  # imported here: pipeline imports this module inside run_round
+
     feats, scores, labels = [], [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     with eval_mode(model):
-        for bt in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            x_m = bt["x_m"].to(device) if "x_m" in bt else None
-            f, logits = pooled_features(model, bt["image"].to(device), x_m)
+        for bt in _batches(dataset, batch_size, device, desc, progress):
+            f, logits = pooled_features(model, bt["image"], bt.get("x_m"))
             feats.append(f.float().cpu())
             scores.append(torch.sigmoid(logits.float()).cpu())
-            labels.append(bt["labels"])
+            labels.append(bt["labels"].cpu())
     return torch.cat(feats), torch.cat(scores), torch.cat(labels)
 
 
