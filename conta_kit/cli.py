@@ -186,6 +186,9 @@ def _sweep(args: argparse.Namespace) -> int:
                 raise ValueError(f"{run.path} is not a `conta-kit sweep` run (params.json has no rhos)")
             preset, overrides = p["preset"], dict(p["overrides"])
         else:
+            from .sweep import check_sweep_args
+
+            check_sweep_args(args.rhos, args.seeds, args.jobs)  # before a run folder is made
             run, preset = None, args.preset
             overrides = {**{k: _literal(v) for k, v in args.param}, "rhos": args.rhos, "seeds": args.seeds,
                          "jobs": args.jobs}

@@ -62,17 +62,22 @@ def _arm_run(root: Path, rho: float, arm: str) -> Run:
     return Run(p)
 
 
-def run_sweep(cfg: RunCfg, run: Run, rhos: list[float], seeds: list[int], *, jobs: int = 1,
-              progress: bool = True) -> dict[str, Any]:
-    """Every (rho, arm, seed) into ``run`` (finished rounds are kept: re-running resumes), then the summary
-    into ``run``'s metrics.json ``["sweep"]``. ``jobs`` > 1 runs that many (rho, arm, seed) jobs in
-    parallel processes, the CPU threads split between them."""
+def check_sweep_args(rhos: list[float], seeds: list[int], jobs: int) -> None:
+    """Raise ValueError for rhos outside [0, 1] or repeated, no or repeated seeds, or jobs < 1."""
     if not rhos or len(set(rhos)) != len(rhos) or any(not 0.0 <= r <= 1.0 for r in rhos):
         raise ValueError(f"rhos must be distinct values in [0, 1], got {rhos}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+
+
+def run_sweep(cfg: RunCfg, run: Run, rhos: list[float], seeds: list[int], *, jobs: int = 1,
+              progress: bool = True) -> dict[str, Any]:
+    """Every (rho, arm, seed) into ``run`` (finished rounds are kept: re-running resumes), then the summary
+    into ``run``'s metrics.json ``["sweep"]``. ``jobs`` > 1 runs that many (rho, arm, seed) jobs in
+    parallel processes, the CPU threads split between them."""
+    check_sweep_args(rhos, seeds, jobs)
     tasks = []
     for rho in rhos:
         for arm in ARMS:

@@ -93,3 +93,7 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
     assert done.stat().st_mtime_ns == stamp
     assert len(json.loads((run / "metrics.json").read_text())["sweep_wall_s"]) == 2
     assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
+    bad = tmp_path / "bad"
+    for args in (["--rhos", "1.5"], ["--seeds", "0", "0"], ["--jobs", "0"]):
+        assert main(["sweep", "--preset", "smoke", "--runs-root", str(bad), *args]) == 2
+    assert not bad.exists()  # refused before any run folder was made
