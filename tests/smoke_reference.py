@@ -1,0 +1,49 @@
+"""The smoke preset's numbers, as the behaviour-preservation check compares them.
+
+``python tests/smoke_reference.py OUT.json`` runs the CONTA loop (round 0 = the baseline, round 1 =
+CONTA) and the same loop with W-OoD fine-tuning on the smoke preset, seed 0, and writes every metric
+except the ones that measure time or name the machine. ``tests/data/smoke_reference.json`` was made
+this way before the package's layout changed; ``test_reference.py`` makes it again and compares.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conta_kit import RunCfg, run_conta
+from conta_kit.io import Run, to_jsonable
+
+CASES = {"conta": {}, "conta_wood": {"finetune": "wood"}}  # name -> overrides of the smoke preset
+VOLATILE = {"timing", "seconds", "device", "time_s", "elapsed_s"}  # keys that measure time or name the machine
+
+
+def strip(obj: Any) -> Any:
+    """``obj`` without the volatile keys, at any depth."""
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
+
+
+def smoke_numbers(root: str | Path) -> dict[str, Any]:
+    """{case: rounds' metrics} of every case, run into folders under ``root``."""
+    torch.set_num_threads(2)
+    out = {}
+    for name, overrides in CASES.items():
+        cfg = RunCfg.from_params(preset="smoke", device="cpu", **overrides)
+        run = Run.create(name, root)
+        out[name] = strip(json.loads(json.dumps(to_jsonable(run_conta(cfg, run, progress=False)))))
+    return out
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp:
+        numbers = smoke_numbers(tmp)
+    Path(sys.argv[1]).write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,52 @@
+"""The smoke preset's numbers are those recorded before the package's layout changed (same seeds).
+
+``tests/data/smoke_reference.json`` was written by ``tests/smoke_reference.py`` at commit bc47577 (the
+layout before ``data/ models/ cam/ methods/ pipeline/ report/``). Times and the device name are left out;
+every other number of the CONTA loop and of the CONTA + W-OoD loop must match (floats to 1e-6 relative,
+which leaves room for another CPU's kernels; on the machine that made the file they match exactly).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from smoke_reference import smoke_numbers
+
+REFERENCE = Path(__file__).parent / "data" / "smoke_reference.json"
+
+
+def differences(ours, ref, path=""):
+    """Paths (and both values) where two JSON trees differ."""
+    if isinstance(ref, dict) and isinstance(ours, dict):
+        out = [f"{path}/{k}: missing here" for k in ref if k not in ours]
+        out += [f"{path}/{k}: new here" for k in ours if k not in ref]
+        for k in ref:
+            if k in ours:
+                out += differences(ours[k], ref[k], f"{path}/{k}")
+        return out
+    if isinstance(ref, list) and isinstance(ours, list):
+        if len(ref) != len(ours):
+            return [f"{path}: {len(ours)} items here, {len(ref)} in the reference"]
+        return [d for i, (a, b) in enumerate(zip(ours, ref)) for d in differences(a, b, f"{path}[{i}]")]
+    if isinstance(ref, float) and isinstance(ours, int | float) and not isinstance(ours, bool):
+        if math.isnan(ref) and math.isnan(ours) or math.isclose(ours, ref, rel_tol=1e-6, abs_tol=1e-12):
+            return []
+    elif ours == ref:
+        return []
+    return [f"{path}: {ours!r} here, {ref!r} in the reference"]
+
+
+def test_differences_finds_a_changed_number():
+    ref = {"a": [1.0, {"b": 0.5}], "c": "x"}
+    assert differences(json.loads(json.dumps(ref)), ref) == []
+    assert differences({"a": [1.0, {"b": 0.5001}], "c": "x"}, ref) == ["/a[1]/b: 0.5001 here, 0.5 in the reference"]
+    assert differences({"a": [1.0], "c": "x", "d": 1}, ref) == ["/d: new here", "/a: 1 items here, 2 in the reference"]
+
+
+@pytest.mark.slow
+def test_smoke_numbers_match_the_reference(tmp_path):
+    ref = json.loads(REFERENCE.read_text())
+    ours = json.loads(json.dumps(smoke_numbers(tmp_path)))
+    diff = differences(ours, ref)
+    assert not diff, f"{len(diff)} numbers differ from {REFERENCE.name}:\n" + "\n".join(diff[:20])
