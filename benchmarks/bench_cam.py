@@ -28,8 +28,8 @@ import torch
 from _common import SKIPPED_NO_CUDA, emit, environment, setup, timed
 from cam_reference import reference_cams
 
-from conta_kit.cam import compute_cams, fold_batchnorm
-from conta_kit.models import build_classifier
+from conta_kit.cam import compute_cams
+from conta_kit.models import build_classifier, fold_batchnorm
 
 TOLERANCE = 1e-4
 FP32_CASES = ("kit", "kit_fast")

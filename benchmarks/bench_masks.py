@@ -9,7 +9,7 @@ generated and streamed in chunks of ``--chunk``. Cases, each in a fresh process 
 memory is its own (``ru_maxrss`` at the end minus at the start, after imports):
 
 * ``generate``: the chunk generator alone (the floor under the other two);
-* ``confounder_set``: :func:`conta_kit.conta.build_confounder_set` on (prediction, labels) chunks, grid
+* ``confounder_set``: :func:`conta_kit.methods.conta.build_confounder_set` on (prediction, labels) chunks, grid
   ``--grid``;
 * ``metrics``: ``ConfusionMatrix`` + ``BoundaryFScore`` (tolerance 2) + ``ContextLeakage.update_masks``.
 
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from _common import emit, environment, setup
 
-from conta_kit.conta import build_confounder_set
+from conta_kit.methods.conta import build_confounder_set
 from conta_kit.metrics import BoundaryFScore, ConfusionMatrix, ContextLeakage
 
 

@@ -160,14 +160,14 @@ def main() -> None:
     if a.summary:
         text = summary(prefix)
         if a.update:
-            from conta_kit.report import update_block
+            from conta_kit.report.markdown import update_block
 
             update_block(a.update, f"speed-{prefix}", text)
         print(text)
     elif a.markdown:
         text = markdown(prefix)
         if a.update:
-            from conta_kit.report import update_block
+            from conta_kit.report.markdown import update_block
 
             update_block(a.update, f"speed-tables-{prefix}", text)
         print(text)

@@ -1,15 +1,19 @@
 """conta_kit: causal weakly-supervised semantic segmentation (CONTA, W-OoD) as a tested, notebook-driven kit.
 
-Importing the package has no side effects; plots live in :mod:`conta_kit.viz` (imported on demand).
+The package follows the pipeline: ``data/`` (scenes, VOC/COCO folders, transforms, splits) -> ``models/``
+(backbones, classifiers, segmenters) -> ``cam/`` (CAMs, shards, pseudo-masks) -> ``methods/`` (conta, wood)
+-> ``pipeline/`` (a round's steps, the rounds, seeds, the sweep) -> ``report/`` (markdown, plots, explorer);
+``config``, ``io``, ``metrics``, ``summary``, ``train``, ``infer``, ``distributed``, ``notebook`` and
+``cli`` sit beside them. Importing the package has no side effects; plots live in
+:mod:`conta_kit.report.viz` (imported on demand).
 """
 
-from .cam import compute_cams, grad_cam
+from .cam import cams_to_pseudo_masks, compute_cams, grad_cam
 from .config import BaselineCfg, ContaCfg, DataCfg, RunCfg, resolve_device
-from .conta import BackdoorAdjustment, ConfounderSet, ContaClassifier, build_confounder_set
-from .data import ConfoundedScenes, SceneOptions, collate
-from .data.folder import COCOSegmentation, VOCSegmentation
+from .data import COCOSegmentation, ConfoundedScenes, SceneOptions, VOCSegmentation, collate
 from .data.stats import scene_statistics
-from .io import Run, write_json
+from .io import Run, RunLayout, write_json
+from .methods.conta import BackdoorAdjustment, ConfounderSet, ContaClassifier, build_confounder_set
 from .metrics import (
     BoundaryFScore,
     ConfusionMatrix,
@@ -18,9 +22,8 @@ from .metrics import (
     ood_false_positive_rate,
 )
 from .models import build_classifier, build_segmenter
-from .pipeline import run_baseline
-from .pseudo import cams_to_pseudo_masks
-from .rounds import run_conta, run_seeds
+from .notebook import notebook_setup
+from .pipeline import run_baseline, run_conta, run_seeds
 from .train import TrainCfg, fit
 
 __version__ = "0.1.0"
@@ -39,6 +42,7 @@ __all__ = [
     "DataCfg",
     "Run",
     "RunCfg",
+    "RunLayout",
     "SceneOptions",
     "TrainCfg",
     "VOCSegmentation",
@@ -51,6 +55,7 @@ __all__ = [
     "fit",
     "grad_cam",
     "multilabel_map",
+    "notebook_setup",
     "ood_false_positive_rate",
     "resolve_device",
     "run_baseline",

@@ -25,8 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, RunCfg
+from . import distributed
+from .config import PRESETS, RunCfg, resolve_device
 from .io import Run, atomic_write_text, write_json
+from .pipeline import run_baseline, run_seeds
+from .pipeline.rounds import check_round0_source
+from .pipeline.sweep import check_sweep_args, load_sweep, sweep_tables
+from .summary import summary_table
 
 log = logging.getLogger(__name__)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -61,7 +66,7 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
         ValueError: for an unknown preset or parameter (checked before anything runs).
         RuntimeError: naming the notebook (and its executed copy) when a cell fails.
     """
-    import papermill as pm
+    import papermill as pm  # heavy (nbconvert, jupyter client): only the notebook commands need it
 
     overrides = dict(overrides or {})
     cfg = RunCfg.from_params(preset=preset, **{k: v for k, v in overrides.items() if k not in NOTEBOOK_ONLY})
@@ -86,11 +91,11 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
                                 progress_bar=progress, cwd=str(nb.parent))
         except pm.PapermillExecutionError as e:
             index.append({"notebook": nb.name, "status": "failed", "seconds": time.perf_counter() - t0})
-            write_json(run.path / "index.json", {"notebooks": index}, overwrite=True)
+            write_json(run.layout.index_json, {"notebooks": index}, overwrite=True)
             raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                                f"executed copy: {out}") from e
         index.append({"notebook": nb.name, "status": "ok", "seconds": round(time.perf_counter() - t0, 2)})
-    write_json(run.path / "index.json", {"notebooks": index, "figures": sorted(
+    write_json(run.layout.index_json, {"notebooks": index, "figures": sorted(
         p.name for p in run.figures.glob("*.png"))}, overwrite=True)
     _write_html_index(run, index)
     return run
@@ -106,12 +111,10 @@ def _write_html_index(run: Run, index: list[dict[str, Any]]) -> None:
             f"<h1>{html.escape(run.path.name)}</h1><table border=1><tr><th>notebook</th><th>status</th>"
             f"<th>seconds</th></tr>{rows}</table><p><a href='metrics.json'>metrics.json</a> · "
             f"<a href='params.json'>params.json</a> · <a href='env.json'>env.json</a></p>{figs}")
-    atomic_write_text(run.path / "index.html", page, overwrite=True)
+    atomic_write_text(run.layout.index_html, page, overwrite=True)
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from .pipeline import run_baseline
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = {k: _literal(v) for k, v in args.param}
@@ -131,10 +134,6 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _conta(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .config import resolve_device
-    from .rounds import check_round0_source, run_seeds, summary_table
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # under torchrun: join the process group; every rank trains (DDP), rank 0 creates and writes the run
@@ -186,8 +185,6 @@ def _sweep(args: argparse.Namespace) -> int:
                 raise ValueError(f"{run.path} is not a `conta-kit sweep` run (params.json has no rhos)")
             preset, overrides = p["preset"], dict(p["overrides"])
         else:
-            from .sweep import check_sweep_args
-
             check_sweep_args(args.rhos, args.seeds, args.jobs)  # before a run folder is made
             run, preset = None, args.preset
             overrides = {**{k: _literal(v) for k, v in args.param}, "rhos": args.rhos, "seeds": args.seeds,
@@ -198,8 +195,6 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"conta-kit: error: {e}", file=sys.stderr)
         return 2
-    from .sweep import load_sweep, sweep_tables
-
     print(f"run folder: {run.path}  ({time.perf_counter() - t0:.0f} s)")
     print(sweep_tables(load_sweep(run.path)))
     return 0
@@ -263,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"conta-kit: error: {e}", file=sys.stderr)
         return 2
     print(f"run folder: {run.path}  ({time.perf_counter() - t0:.1f} s)")
-    print(f"open {run.path / 'index.html'} for the figures; metrics in {run.path / 'metrics.json'}")
+    print(f"open {run.layout.index_html} for the figures; metrics in {run.layout.metrics}")
     return 0
 
 

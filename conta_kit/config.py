@@ -304,7 +304,7 @@ class RunCfg:
 
 def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda" when available, else "cpu"; other values are checked and returned."""
-    import torch
+    import torch  # config stays importable (and quick) without torch: only this check needs it
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

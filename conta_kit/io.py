@@ -9,6 +9,7 @@ into place, so a crash never leaves a half-written artifact.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,9 +64,7 @@ def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -
 
 def atomic_torch_save(path: str | Path, obj: Any, *, overwrite: bool = True) -> Path:
     """``torch.save`` through :func:`atomic_write_bytes` (checkpoints and tensor artifacts)."""
-    import io
-
-    import torch
+    import torch  # io serves torch-free tools too (the COCO converter, the CLI's notebook runner)
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -121,7 +121,7 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                             "versions": versions, "seed": seed, "device": device, "git_commit": git_commit()}
     try:
-        import torch
+        import torch  # as above: recorded when installed
 
         info["cuda"] = torch.version.cuda
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -131,6 +131,133 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
     return info
 
 
+class RoundLayout:
+    """The files of one round's folder (``round_<t>/``; the baseline command writes round 0 into the run
+    folder itself)::
+
+        metrics.json                          the round is done when it exists
+        checkpoints/<stage>/last.pt           stage: classifier, classifier_ft (W-OoD or plain), segmenter
+        artifacts/<name>                      pseudo_masks.pt, attention.pt, wood_prototypes.pt, mined_ood.csv
+        x_m.pt  confounders.pt                the next round's masks (split -> (N, H, W) uint8) and C
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RoundLayout({str(self.path)!r})"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def done(self) -> bool:
+        return self.metrics.exists()
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.checkpoint_dir(stage) / "last.pt"
+
+    @property
+    def final_classifier(self) -> Path:
+        """The round's classifier after its last stage: the fine-tuned one when the round has it."""
+        ft = self.checkpoint("classifier_ft")
+        return ft if ft.exists() else self.checkpoint("classifier")
+
+    def artifact(self, name: str) -> Path:
+        return self.path / "artifacts" / name
+
+    @property
+    def x_m(self) -> Path:
+        return self.path / "x_m.pt"
+
+    @property
+    def confounders(self) -> Path:
+        return self.path / "confounders.pt"
+
+
+def _indexed(path: Path, prefix: str, cast: Callable[[str], Any]) -> list[Any]:
+    return sorted(cast(p.name[len(prefix):]) for p in path.glob(f"{prefix}*") if p.is_dir())
+
+
+class RunLayout:
+    """Every path of a run folder, named once::
+
+        params.json  env.json  metrics.json  figures/<name>.png  index.html  index.json  report.md
+        seed_<s>/                 a run folder of one seed (``conta-kit conta``, notebooks)
+        round_<t>/                a round (:class:`RoundLayout`)
+        rho_<rho>/<arm>/seed_<s>/ a cell of the confounding sweep
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunLayout({str(self.path)!r})"
+
+    @property
+    def params(self) -> Path:
+        return self.path / "params.json"
+
+    @property
+    def env(self) -> Path:
+        return self.path / "env.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def index_html(self) -> Path:
+        return self.path / "index.html"
+
+    @property
+    def index_json(self) -> Path:
+        return self.path / "index.json"
+
+    @property
+    def report(self) -> Path:
+        """``report.md`` (notebook 06)."""
+        return self.path / "report.md"
+
+    @property
+    def sweep_tables(self) -> Path:
+        """``sweep_tables.md`` (notebook 07)."""
+        return self.path / "sweep_tables.md"
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"{name}.png"
+
+    def seed(self, seed: int) -> RunLayout:
+        return RunLayout(self.path / f"seed_{seed}")
+
+    def seeds(self) -> list[int]:
+        """The seeds with a folder here, in order."""
+        return _indexed(self.path, "seed_", int)
+
+    def round(self, t: int) -> RoundLayout:
+        return RoundLayout(self.path / f"round_{t}")
+
+    def rounds(self) -> list[int]:
+        """The rounds with a folder here (finished or not), in order."""
+        return _indexed(self.path, "round_", int)
+
+    def sweep_arm(self, rho: float, arm: str) -> RunLayout:
+        return RunLayout(self.path / f"rho_{float(rho):g}" / arm)
+
+    def rhos(self) -> list[float]:
+        """The rhos of a sweep folder, in order."""
+        return _indexed(self.path, "rho_", float)
+
+
+
 class Run:
     """A run folder. Create a new one with :meth:`create`, open an existing one with ``Run(path)``."""
 
@@ -138,7 +265,8 @@ class Run:
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"run folder {self.path} does not exist")
-        self.figures = self.path / "figures"
+        self.layout = RunLayout(self.path)
+        self.figures = self.layout.figures
 
     @classmethod
     def create(cls, name: str, root: str | Path = "runs", *, params: dict[str, Any] | None = None,
@@ -160,9 +288,9 @@ class Run:
             raise RuntimeError(f"could not create a new run folder under {root}")
         run = cls(path)
         run.figures.mkdir()
-        write_json(path / "params.json", params or {})
-        write_json(path / "env.json", environment(seed=seed, device=device))
-        write_json(path / "metrics.json", {})
+        write_json(run.layout.params, params or {})
+        write_json(run.layout.env, environment(seed=seed, device=device))
+        write_json(run.layout.metrics, {})
         return run
 
     def __repr__(self) -> str:
@@ -170,24 +298,22 @@ class Run:
 
     @property
     def params(self) -> dict[str, Any]:
-        return read_json(self.path / "params.json")
+        return read_json(self.layout.params)
 
     @property
     def metrics(self) -> dict[str, Any]:
-        p = self.path / "metrics.json"
+        p = self.layout.metrics
         return read_json(p) if p.exists() else {}
 
     def log_metrics(self, section: str, values: dict[str, Any]) -> None:
         """Set ``metrics[section] = values`` in metrics.json (atomic read-modify-write)."""
         metrics = self.metrics
         metrics[section] = values
-        write_json(self.path / "metrics.json", metrics, overwrite=True)
+        write_json(self.layout.metrics, metrics, overwrite=True)
 
     def save_figure(self, fig: Any, name: str, *, dpi: int = 110, overwrite: bool = False) -> Path:
         """Save a matplotlib Figure as ``figures/<name>.png`` atomically; refuses to overwrite unless told
         (a resumed sweep redraws its own figures)."""
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         self.figures.mkdir(exist_ok=True)

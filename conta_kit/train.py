@@ -277,7 +277,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
 def multilabel_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Multi-label soft-margin loss (= BCE-with-logits averaged over classes) on ``image`` / ``labels``
     (and ``x_m``, the mask a CONTA classifier takes, when the batch has one)."""
-    logits = model(batch["image"], batch["x_m"]) if "x_m" in batch else model(batch["image"])
+    logits = model(batch["image"], batch.get("x_m"))
     if logits.shape != batch["labels"].shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(batch['labels'].shape)}")
     return nn.functional.multilabel_soft_margin_loss(logits.float(), batch["labels"])

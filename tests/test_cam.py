@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from conta_kit.cam import cams_to_shards, compute_cams, eval_mode, fold_batchnorm, grad_cam, load_cams, normalize_cams
-from conta_kit.models import build_classifier
+from conta_kit.cam import cams_to_shards, compute_cams, grad_cam, load_cams, normalize_cams
+from conta_kit.models import build_classifier, eval_mode, fold_batchnorm
 
 
 class Identity(nn.Module):
@@ -17,7 +17,7 @@ class Identity(nn.Module):
         super().__init__()
         self.head = nn.Conv2d(3, c, 1, bias=False)
 
-    def features(self, x):
+    def features(self, x, x_m=None, m_term=True):  # the kit's classifier signature; x_m unused
         return x
 
 

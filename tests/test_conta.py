@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conta_kit.cam import compute_cams
-from conta_kit.conta import (
+from conta_kit.data.transforms import random_flip
+from conta_kit.methods.conta import (
     BackdoorAdjustment,
     ConfounderSet,
     ContaClassifier,
@@ -17,7 +18,6 @@ from conta_kit.conta import (
     to_grid,
 )
 from conta_kit.models import build_classifier
-from conta_kit.pipeline import random_flip
 
 
 def _orthogonal_set(k=3, h=2, w=2, prior=None):
@@ -248,7 +248,7 @@ def test_to_grid_block_means_and_flip():
 
 
 def test_prototype_quality_against_a_reference():
-    from conta_kit.conta import prototype_quality
+    from conta_kit.methods.conta import prototype_quality
 
     ref = _orthogonal_set(k=3, h=2, w=2)
     same = prototype_quality(ref, ref)
@@ -263,7 +263,7 @@ def test_prototype_quality_against_a_reference():
 
 @pytest.mark.parametrize("fusion", ["last", "input", "layer2"])
 def test_folded_fast_path_gives_the_same_cams_for_an_adjusted_classifier(fusion):
-    from conta_kit.cam import fold_batchnorm
+    from conta_kit.models import fold_batchnorm
 
     torch.manual_seed(0)
     base = build_classifier("tiny", 3)

@@ -34,7 +34,7 @@ class Net(nn.Module):
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.fc = nn.Linear(8, 3)
 
-    def forward(self, x):
+    def forward(self, x, x_m=None):  # the kit's classifier signature; x_m unused
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
@@ -171,7 +171,7 @@ def _cli_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import conta_kit.pipeline as pipeline
+    import conta_kit.pipeline.round as pipeline
     from conta_kit.cli import main
 
     states = []

@@ -7,10 +7,12 @@ import torch
 
 from conta_kit.cli import main
 from conta_kit.config import RunCfg
-from conta_kit.conta import ConfounderSet
+from conta_kit.data.transforms import joint_augment
 from conta_kit.io import Run, read_json
-from conta_kit.pipeline import joint_augment
-from conta_kit.rounds import diagnose_prototypes, run_conta, run_seeds, summarize, summary_table
+from conta_kit.methods.conta import ConfounderSet
+from conta_kit.methods.conta.diagnostics import diagnose_prototypes
+from conta_kit.pipeline import run_conta, run_seeds
+from conta_kit.summary import summarize, summary_table
 
 
 def test_joint_augment_moves_x_m_with_the_image_and_pads_masks():
@@ -108,7 +110,7 @@ def test_run_seeds_rejects_duplicate_seeds(tmp_path):
 
 def test_report_writes_the_marked_block(tmp_path):
     from conta_kit.io import write_json
-    from conta_kit.report import conta_markdown, update_block
+    from conta_kit.report.markdown import conta_markdown, update_block
 
     run = Run.create("conta", tmp_path, params={"preset": "default", "overrides": {}, "seeds": [0, 1]})
     rounds = {s: [{"round": 0, "seed": {"miou_fixed": 0.2 + s / 10}, "timing": {"total_s": 60.0}, "device": "cpu"}]
@@ -130,7 +132,7 @@ def test_report_writes_the_marked_block(tmp_path):
 
 def test_ablation_table_names_rows_by_overrides(tmp_path):
     from conta_kit.io import write_json
-    from conta_kit.report import ablation_markdown
+    from conta_kit.report.markdown import ablation_markdown
 
     dirs = []
     for over, v in (({"rounds": 1}, 0.3), ({"rounds": 1, "m_scale": "convex"}, 0.4)):
@@ -141,7 +143,7 @@ def test_ablation_table_names_rows_by_overrides(tmp_path):
     text = ablation_markdown(dirs)
     assert "| baseline (round 0) | 0 | [0] | 0.250 |" in text
     assert "| paper defaults | 1 | [0] | 0.300 |" in text and "| m_scale=convex | 1 | [0] | 0.400 |" in text
-    assert "0.0100" in text
+    assert " 0.010 |" in text  # one value: the mean alone, by the one formatting rule (summary.fmt)
     with pytest.raises(ValueError, match="no finished round"):
         ablation_markdown(dirs, seed=0)  # these folders have summaries but no seed_0/
     for d, v in zip(dirs, (0.3, 0.4)):

@@ -9,11 +9,12 @@ import pytest
 from conta_kit.cli import NOTEBOOKS, SWEEP_NOTEBOOK, main, notebook_paths
 from conta_kit.config import RunCfg
 from conta_kit.io import to_jsonable, write_json
-from conta_kit.sweep import arm_cfg, methods, summarize_sweep, sweep_tables
+from conta_kit.pipeline.sweep import arm_cfg, summarize_sweep, sweep_tables
+from conta_kit.summary import sweep_methods
 
 
 def test_methods_map_to_arm_and_round():
-    m = methods(2)
+    m = sweep_methods(2)
     assert m == {"baseline": ("plain", 0), "CONTA r1": ("plain", 1), "CONTA r2": ("plain", 2),
                  "W-OoD": ("wood", 0), "CONTA + W-OoD r1": ("wood", 1), "CONTA + W-OoD r2": ("wood", 2)}
     cfg = arm_cfg(RunCfg.from_params("smoke"), 0.75, "wood")

@@ -6,13 +6,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from conta_kit import viz  # noqa: E402
-from conta_kit.explore import CamExplorer  # noqa: E402
-from conta_kit.rounds import summarize  # noqa: E402
+from conta_kit.report import viz  # noqa: E402
+from conta_kit.report.explore import CamExplorer  # noqa: E402
+from conta_kit.summary import summarize  # noqa: E402
 
 NAMES = ["cow", "boat", "car"]
 
@@ -24,26 +25,87 @@ def _pixels(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def test_every_plot_returns_a_figure():
+def _array(im):
+    return np.asarray(im.get_array())
+
+
+def _bars(ax):
+    return [r.get_height() for r in ax.patches]
+
+
+def test_plots_draw_their_inputs():
     imgs, cams = torch.rand(2, 3, 16, 16), torch.rand(2, 16, 16)
     masks = torch.zeros(2, 16, 16, dtype=torch.long)
     masks[:, 4:10, 4:10] = 1
+
+    fig = viz.plot_cam_overlay(imgs[0], cams[0], "cow", mask=masks[0], label=1)
+    (ax,) = fig.axes
+    assert ax.get_title() == "cow" and len(ax.images) == 2
+    assert np.allclose(_array(ax.images[0]), imgs[0].permute(1, 2, 0).numpy())  # the photo, then the CAM on it
+    assert np.allclose(_array(ax.images[1]), cams[0].numpy()) and ax.images[1].get_clim() == (0.0, 1.0)
+    assert ax.collections, "the ground-truth contour is missing"
+    _pixels(fig)
+
+    after = cams.flip(-1)
+    fig = viz.plot_cam_before_after(imgs, cams, after, masks, [0, 2], NAMES)
+    image_axes = [a for a in fig.axes if a.images]
+    assert len(image_axes) == 8  # 2 rows x (image, before, after, difference), plus colorbars
+    assert [a.get_title() for a in image_axes[:4]] == ["image", "baseline (round 0)", "CONTA", "after - before"]
+    assert image_axes[0].get_ylabel() == "cow" and image_axes[4].get_ylabel() == "car"
+    assert np.allclose(_array(image_axes[3].images[0]), (after[0] - cams[0]).numpy(), atol=1e-6)
+    _pixels(fig)
+
+    protos = torch.rand(3, 6, 6)
+    fig = viz.plot_prototypes(protos, NAMES, prior=[0.5, 0.25, 0.25])
+    shown = [a for a in fig.axes if a.images]
+    assert [a.get_title() for a in shown] == ["cow\nP=0.500", "boat\nP=0.250", "car\nP=0.250"]
+    assert all(np.allclose(_array(a.images[0]), protos[i].numpy()) for i, a in enumerate(shown))
+    _pixels(fig)
+
+    fig = viz.plot_prototype_rounds([protos, protos * 0.5], NAMES, [0, 1])
+    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "C after r1"
+    assert np.allclose(_array(fig.axes[4].images[0]), protos[1].numpy() * 0.5)
+    _pixels(fig)
+
+    alpha = torch.softmax(torch.rand(5, 3), 1)
+    fig = viz.plot_attention(alpha, NAMES)
+    assert np.allclose(fig.axes[0].collections[0].get_array().reshape(5, 3), alpha.numpy())
+    _pixels(fig)
+
+    conf = torch.tensor([[2, 2, 0, 0], [0, 4, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    fig = viz.plot_confusion(conf, ["bg", *NAMES])
+    cells = fig.axes[0].collections[0].get_array().reshape(4, 4)
+    assert np.allclose(cells[0], [0.5, 0.5, 0, 0]) and np.allclose(cells[1], [0, 1, 0, 0])  # rows normalised
+    assert fig.axes[0].get_ylabel() == "ground truth" and fig.axes[0].get_xlabel() == "predicted"
+    _pixels(fig)
+
+    fig = viz.plot_grouped_bars({"before": [0.5, 0.4, None], "after": [0.3, 0.2, 0.1]}, NAMES, "leakage")
+    heights = _bars(fig.axes[0])
+    assert np.allclose(heights[:2], [0.5, 0.4]) and np.isnan(heights[2]) and np.allclose(heights[3:], [0.3, 0.2, 0.1])
+    assert fig.axes[0].get_ylabel() == "leakage"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["before", "after"]
+    _pixels(fig)
+
     summary = summarize({s: [{"seed": {"miou_fixed": 0.2 + s / 10}}, {"seed": {"miou_fixed": 0.3}}] for s in (0, 1)})
-    figs = [
-        viz.plot_cam_overlay(imgs[0], cams[0], "cow", mask=masks[0], label=1),
-        viz.plot_cam_before_after(imgs, cams, cams.flip(-1), masks, [0, 0], NAMES),
-        viz.plot_prototypes(torch.rand(3, 6, 6), NAMES, prior=[1 / 3] * 3),
-        viz.plot_prototype_rounds([torch.rand(3, 6, 6), torch.rand(3, 6, 6)], NAMES, [0, 1]),
-        viz.plot_attention(torch.softmax(torch.rand(5, 3), 1), NAMES),
-        viz.plot_confusion(torch.randint(0, 9, (4, 4)), ["bg", *NAMES]),
-        viz.plot_grouped_bars({"before": [0.5, 0.4, None], "after": [0.3, 0.2, 0.1]}, NAMES, "leakage"),
-        viz.plot_round_curves(summary, ["seed_miou_fixed"]),
-        viz.plot_masks_grid(imgs, {"gt": masks, "pseudo": masks.flip(-1)}),
-        viz.plot_class_bars([0.1, 0.2, 0.3], NAMES, "IoU"),
-        viz.plot_cooccurrence(torch.eye(3).tolist(), NAMES),
-    ]
-    for fig in figs:
-        assert isinstance(fig, Figure) and len(_pixels(fig)) > 1000
+    fig = viz.plot_round_curves(summary, ["seed_miou_fixed"])
+    line = fig.axes[0].lines[0]
+    assert np.allclose(line.get_xdata(), [0, 1]) and np.allclose(line.get_ydata(), [0.25, 0.3])
+    assert fig.axes[0].get_xlabel() == "round"
+    _pixels(fig)
+
+    fig = viz.plot_masks_grid(imgs, {"gt": masks, "pseudo": masks.flip(-1)})
+    assert len(fig.axes) == 6 and [fig.axes[i].get_ylabel() for i in (0, 2, 4)] == ["image", "gt", "pseudo"]
+    assert np.array_equal(_array(fig.axes[2].images[0]), viz.colorize(masks[0]))
+    _pixels(fig)
+
+    fig = viz.plot_class_bars([0.1, 0.2, 0.3], NAMES, "IoU", "per class")
+    assert np.allclose(_bars(fig.axes[0]), [0.1, 0.2, 0.3]) and fig.axes[0].get_title() == "per class"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == NAMES
+    _pixels(fig)
+
+    fig = viz.plot_cooccurrence(torch.eye(3).tolist(), NAMES)
+    assert np.allclose(fig.axes[0].collections[0].get_array().reshape(3, 3), np.eye(3))
+    _pixels(fig)
 
 
 def _explorer():

@@ -8,12 +8,9 @@ import torch.nn as nn
 
 from conta_kit.config import RunCfg, WOoDConfig
 from conta_kit.data import ConfoundedScenes, collate
-from conta_kit.io import Run, read_json
-from conta_kit.models import build_classifier
-from conta_kit.pipeline import classifier_checkpoint, load_splits
-from conta_kit.rounds import load_round_classifier, run_conta
-from conta_kit.train import TrainCfg, fit, multilabel_loss
-from conta_kit.wood import (
+from conta_kit.data.splits import load_splits
+from conta_kit.io import RoundLayout, Run, read_json
+from conta_kit.methods.wood import (
     build_prototypes,
     kmeans,
     metric_terms,
@@ -22,6 +19,9 @@ from conta_kit.wood import (
     ood_bce,
     pooled_features,
 )
+from conta_kit.models import build_classifier
+from conta_kit.pipeline import load_round_classifier, run_conta
+from conta_kit.train import TrainCfg, fit, multilabel_loss
 
 
 def test_pull_is_zero_when_features_sit_on_their_prototypes():
@@ -180,10 +180,10 @@ class _Fixed(nn.Module):
         self.head = nn.Conv2d(3, 3, 1, bias=False)
         nn.init.eye_(self.head.weight[:, :, 0, 0])
 
-    def features(self, x):
+    def features(self, x, x_m=None, m_term=True):  # the kit's classifier signature; x_m unused
         return x
 
-    def forward(self, x):
+    def forward(self, x, x_m=None):  # the kit's classifier signature; x_m unused
         return self.head(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
 
@@ -249,7 +249,7 @@ def test_wood_round_records_its_terms_refreshes_prototypes_and_is_reloaded(tmp_p
         protos = torch.load(run.path / f"round_{t}" / "artifacts" / "wood_prototypes.pt", weights_only=True)
         assert sorted(protos) == [0, 1]
         assert not torch.equal(protos[0][0], protos[1][0])
-    ck = classifier_checkpoint(run.path / "round_1")
+    ck = RoundLayout(run.path / "round_1").final_classifier
     assert ck.parent.name == "classifier_ft"
     model, x_m = load_round_classifier(cfg, run.path, 1, 8)
     assert "wood_pool" in x_m  # the OoD pool got x_m from round 0's segmenter, for the ContaClassifier
@@ -278,9 +278,9 @@ def test_a_stopped_wood_stage_resumes_to_the_uninterrupted_result(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run_conta(cfg, stopped, progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real)
-    assert torch.load(classifier_checkpoint(stopped.path / "round_0"), weights_only=True)["epoch"] == 0
+    assert torch.load(RoundLayout(stopped.path / "round_0").final_classifier, weights_only=True)["epoch"] == 0
     rounds = run_conta(cfg, stopped, progress=False)
-    a = torch.load(classifier_checkpoint(full.path / "round_0"), weights_only=True)["model"]
-    b = torch.load(classifier_checkpoint(stopped.path / "round_0"), weights_only=True)["model"]
+    a = torch.load(RoundLayout(full.path / "round_0").final_classifier, weights_only=True)["model"]
+    b = torch.load(RoundLayout(stopped.path / "round_0").final_classifier, weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     assert rounds[0]["finetune"]["history"] == read_json(full.path / "round_0" / "metrics.json")["finetune"]["history"]

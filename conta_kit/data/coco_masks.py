@@ -15,6 +15,7 @@ objects stay visible. Re-running resumes: finished PNGs are kept. The source fol
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -78,8 +79,6 @@ def convert(annotations: str | Path, images: str | Path, out: str | Path, split:
 
 
 def _png_bytes(mask: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(mask, mode="L").save(buf, format="PNG")
     return buf.getvalue()

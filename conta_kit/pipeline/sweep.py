@@ -1,6 +1,6 @@
 """The confounding-strength benchmark: methods x cooccurrence rho x seeds on one pipeline.
 
-Two arms per (rho, seed), each a resumable CONTA run (:func:`~conta_kit.rounds.run_conta`):
+Two arms per (rho, seed), each a resumable CONTA run (:func:`~conta_kit.pipeline.rounds.run_conta`):
 
 * ``plain``: every round's classifier gets ``ft_epochs`` extra epochs of the classification loss alone;
   round 0 is the **baseline**, rounds 1..T are **CONTA r1..rT**;
@@ -18,31 +18,29 @@ So every method has the same backbone, epochs, segmenter and evaluation, and the
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import DataCfg, RunCfg
-from .io import Run, read_json
-from .rounds import HEADLINE, _get, mean_std, run_jobs, seed_run
+import torch
+from tqdm.auto import tqdm
+
+from ..cam import compute_cams
+from ..config import DataCfg, RunCfg
+from ..data import collate
+from ..data.splits import load_splits
+from ..io import Run, RunLayout, read_json
+from ..summary import finite, fmt, markdown_table, mean_std, metric_value, nanmean, sweep_methods
+from .jobs import run_jobs
+from .rounds import load_round_classifier, seed_run
 
 log = logging.getLogger(__name__)
 
 ARMS = ("plain", "wood")
-#: what the sweep reports per method and rho (names of :data:`~conta_kit.rounds.HEADLINE`)
+#: what the sweep reports per method and rho (names of :data:`~conta_kit.summary.METRICS`)
 SWEEP_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage", "seed_bf_fixed",
                  "seed_precision_fixed", "seed_recall_fixed", "context_reliance", "ood_fp_rate", "ood_fp_rate_random")
 PER_CLASS = {"precision": ("seed", "per_class_precision_fixed"), "recall": ("seed", "per_class_recall_fixed")}
-
-
-def methods(rounds: int) -> dict[str, tuple[str, int]]:
-    """Method name -> (arm, round): baseline, CONTA r1..rT, W-OoD, CONTA + W-OoD r1..rT."""
-    out = {"baseline": ("plain", 0)}
-    out.update({f"CONTA r{t}": ("plain", t) for t in range(1, rounds + 1)})
-    out["W-OoD"] = ("wood", 0)
-    out.update({f"CONTA + W-OoD r{t}": ("wood", t) for t in range(1, rounds + 1)})
-    return out
 
 
 def arm_cfg(cfg: RunCfg, rho: float, arm: str) -> RunCfg:
@@ -52,12 +50,8 @@ def arm_cfg(cfg: RunCfg, rho: float, arm: str) -> RunCfg:
     return replace(cfg, data=replace(cfg.data, cooccurrence=float(rho)), wood=replace(cfg.wood, finetune=arm))
 
 
-def _rho_dir(rho: float) -> str:
-    return f"rho_{float(rho):g}"
-
-
 def _arm_run(root: Path, rho: float, arm: str) -> Run:
-    p = root / _rho_dir(rho) / arm
+    p = RunLayout(root).sweep_arm(rho, arm).path
     p.mkdir(parents=True, exist_ok=True)
     return Run(p)
 
@@ -85,8 +79,6 @@ def run_sweep(cfg: RunCfg, run: Run, rhos: list[float], seeds: list[int], *, job
             for s in seeds:
                 c = replace(arm_cfg(cfg, rho, arm), seed=s)
                 tasks.append((c, str(seed_run(sub, c).path), None))
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(tasks), desc="sweep (rho, arm, seed)", disable=not progress)
     run_jobs(tasks, jobs, progress=False, on_done=bar.update)
     bar.close()
@@ -99,53 +91,42 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
     """Read every finished round under ``root`` and return methods -> rho -> metric -> mean/std/values over
     the seeds that finished it, plus per-class precision/recall (mean over seeds) and the wall time."""
     root = Path(root)
-    rhos = sorted(float(p.name.split("_", 1)[1]) for p in root.glob("rho_*") if p.is_dir())
+    layout = RunLayout(root)
+    rhos = layout.rhos()
     if not rhos:
         raise FileNotFoundError(f"{root} holds no sweep (no rho_* folders)")
     rounds = max((int(p.name.split("_")[1]) for p in root.glob("rho_*/*/seed_*/round_*")
                   if (p / "metrics.json").exists()), default=0)
     table: dict[str, dict[str, Any]] = {}
     seconds = 0.0
-    for name, (arm, t) in methods(rounds).items():
+    for name, (arm, t) in sweep_methods(rounds).items():
         for rho in rhos:
             per_seed = []
-            for sd in sorted((root / _rho_dir(rho) / arm).glob("seed_*")):
-                f = sd / f"round_{t}" / "metrics.json"
-                if f.exists():
-                    per_seed.append(read_json(f))
+            cell_layout = layout.sweep_arm(rho, arm)
+            for s in cell_layout.seeds():
+                rnd = cell_layout.seed(s).round(t)
+                if rnd.done:
+                    per_seed.append(read_json(rnd.metrics))
             if not per_seed:
                 continue
             cell: dict[str, Any] = {"num_seeds": len(per_seed)}
             for metric in SWEEP_METRICS:
-                vals = [v for v in (_get(m, HEADLINE[metric]) for m in per_seed) if v is not None and not math.isnan(v)]
+                vals = finite(metric_value(m, metric) for m in per_seed)
                 if vals:
                     cell[metric] = mean_std(vals)
             for key, path in PER_CLASS.items():
                 lists = [m[path[0]][path[1]] for m in per_seed if path[1] in m.get(path[0], {})]
                 if lists:
-                    cell[f"per_class_{key}"] = [_nanmean([row[i] for row in lists]) for i in range(len(lists[0]))]
+                    cell[f"per_class_{key}"] = [nanmean([row[i] for row in lists]) for i in range(len(lists[0]))]
             table.setdefault(name, {})[f"{rho:g}"] = cell
     for f in root.glob("rho_*/*/seed_*/round_*/metrics.json"):
         seconds += read_json(f).get("timing", {}).get("total_s", 0.0)
     return {"rhos": rhos, "rounds": rounds, "methods": table, "compute_s": seconds}
 
 
-def _nanmean(vals: list[float]) -> float:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
-def _fmt(cell: dict[str, Any] | None, metric: str) -> str:
-    if not cell or metric not in cell:
-        return "—"
-    s = cell[metric]
-    std = s["std"]  # NaN for one seed (null once written to JSON)
-    return f"{s['mean']:.3f} ± {std:.3f}" if std is not None and not math.isnan(std) else f"{s['mean']:.3f}"
-
-
 def _ordered(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(method, cells) in the order of :func:`methods` (JSON may have sorted the keys)."""
-    return [(m, summary["methods"][m]) for m in methods(summary["rounds"]) if m in summary["methods"]]
+    return [(m, summary["methods"][m]) for m in sweep_methods(summary["rounds"]) if m in summary["methods"]]
 
 
 def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> str:
@@ -157,11 +138,8 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
                           ("seed_miou_best", "Seed mIoU, threshold chosen on val"),
                           ("pseudo_miou", "Pseudo-mask mIoU on train"),
                           ("cam_leakage", "CAM leakage onto the paired context (lower is better)")):
-        out.append(f"**{title}**\n\n| method | " + " | ".join(f"rho {r}" for r in rhos) + " |\n|---|"
-                   + "---|" * len(rhos))
-        for name, cells in _ordered(summary):
-            out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), metric) for r in rhos) + " |")
-        out.append("")
+        rows = ([name, *(fmt((cells.get(r) or {}).get(metric)) for r in rhos)] for name, cells in _ordered(summary))
+        out.append(f"**{title}**\n\n" + markdown_table(["method", *(f"rho {r}" for r in rhos)], rows))
     if detail_rho is None:
         detail_rho = default_detail_rho(summary)
     r = f"{detail_rho:g}"
@@ -169,11 +147,10 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
              "ood_fp_rate", "ood_fp_rate_random")
     out.append(f"**All metrics at rho {r}** (precision/recall: mean over classes of the seed masks at the fixed "
                "threshold; context reliance: mAP on val minus mAP on shifted; OoD FP: share of held-out "
-               "background-only images with a class probability > 0.5)\n\n| method | " + " | ".join(names)
-               + " |\n|---|" + "---|" * len(names))
-    for name, cells in _ordered(summary):
-        out.append(f"| {name} | " + " | ".join(_fmt(cells.get(r), n) for n in names) + " |")
-    return "\n".join(out) + "\n"
+               "background-only images with a class probability > 0.5)\n\n"
+               + markdown_table(["method", *names], ([name, *(fmt((cells.get(r) or {}).get(n)) for n in names)]
+                                                      for name, cells in _ordered(summary))))
+    return "\n".join(out)
 
 
 def default_detail_rho(summary: dict[str, Any]) -> float:
@@ -191,23 +168,15 @@ def ood_cams(root: str | Path, rho: float, seed: int = 0, n: int = 6, split: str
     """What the baseline and the W-OoD classifier (round 0 of each arm) see on held-out background-only
     images: per arm the top class, its probability, and its CAM scaled by that probability (a normalised
     CAM alone would look equally hot for a confident and a faint false positive)."""
-    import torch
-
-    from .cam import compute_cams
-    from .data import collate
-    from .pipeline import load_splits
-    from .rounds import load_round_classifier
-
-    root = Path(root)
     out: dict[str, Any] = {}
     for arm, name in (("plain", "baseline"), ("wood", "W-OoD")):
-        seed_dir = root / _rho_dir(rho) / arm / f"seed_{seed}"
-        if not (seed_dir / "round_0" / "metrics.json").exists():
-            raise FileNotFoundError(f"{seed_dir}/round_0 is not finished")
-        cfg = RunCfg.from_dict(read_json(seed_dir / "params.json")["resolved"])
+        seed_dir = RunLayout(root).sweep_arm(rho, arm).seed(seed)
+        if not seed_dir.round(0).done:
+            raise FileNotFoundError(f"{seed_dir.round(0).path} is not finished")
+        cfg = RunCfg.from_dict(read_json(seed_dir.params)["resolved"])
         ds = load_splits(cfg)[split]
         batch = collate([ds[i] for i in range(min(n, len(ds)))])
-        model, _ = load_round_classifier(cfg, seed_dir, 0, ds.num_classes)
+        model, _ = load_round_classifier(cfg, seed_dir.path, 0, ds.num_classes)
         with torch.no_grad():
             probs = torch.sigmoid(model(batch["image"]).float())
         p, top = probs.max(1)

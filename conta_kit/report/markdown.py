@@ -18,8 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .io import Run, atomic_write_bytes, atomic_write_text, read_json
-from .rounds import diagnose_prototypes, load_summary, mean_std, summarize, summary_table
+from PIL import Image
+
+from ..io import Run, atomic_write_bytes, atomic_write_text, read_json
+from ..methods.conta.diagnostics import diagnose_prototypes
+from ..pipeline.jobs import load_summary
+from ..pipeline.sweep import default_detail_rho, load_sweep, sweep_tables
+from ..summary import fmt, markdown_table, mean_std, summarize, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -28,12 +33,12 @@ DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_shar
 
 def _provenance(run: Run) -> str:
     params = run.params
-    env = read_json(run.path / "env.json") if (run.path / "env.json").exists() else {}
+    env = read_json(run.layout.env) if run.layout.env.exists() else {}
     seeds = params.get("seeds", [params.get("resolved", {}).get("seed")])
     over = params.get("overrides") or {}
     total, devices = 0.0, set()
     for s in seeds:
-        m = Run(run.path / f"seed_{s}").metrics if (run.path / f"seed_{s}").exists() else {}
+        m = Run(run.layout.seed(s).path).metrics if run.layout.seed(s).path.exists() else {}
         for r in m.get("conta", {}).get("rounds", []):
             total += r.get("timing", {}).get("total_s", 0.0)
             devices.add(r.get("device"))
@@ -49,8 +54,8 @@ def prototype_markdown(run_dir: str | Path) -> str:
     (cosine similarity) and how alike its prototypes are (mean pairwise cosine), mean ± std over seeds."""
     run = Run(run_dir)
     per_round: dict[int, dict[str, list[float]]] = {}
-    for seed_dir in sorted(run.path.glob("seed_*")):
-        for row in diagnose_prototypes(seed_dir):
+    for s in run.layout.seeds():
+        for row in diagnose_prototypes(run.layout.seed(s).path):
             d = per_round.setdefault(row["round"], {})
             for k in ("mean_cosine", "within_cosine", "within_cosine_reference", "mean_abs_diff", "x_m_mean_train",
                       "object_pixel_share_train"):
@@ -58,19 +63,13 @@ def prototype_markdown(run_dir: str | Path) -> str:
                     d.setdefault(k, []).append(row[k])
     if not per_round:
         return "(no confounder set in this run)\n"
-    lines = ["| C built after round | cosine to C from ground truth | mean abs. difference | pairwise cosine within C "
-             "| same, C from ground truth | x_m mean (train) | object pixel share (train) |",
-             "|---|---|---|---|---|---|---|"]
-
-    def ms(v: list[float]) -> str:
-        st = mean_std(v)
-        return f"{st['mean']:.3f} ± {st['std']:.3f}"
-
-    for t, d in sorted(per_round.items()):
-        extra = " | ".join(ms(d[k]) if k in d else "—" for k in ("x_m_mean_train", "object_pixel_share_train"))
-        lines.append(f"| {t} | {ms(d['mean_cosine'])} | {ms(d['mean_abs_diff'])} | {ms(d['within_cosine'])} | "
-                     f"{ms(d['within_cosine_reference'])} | {extra} |")
-    return "\n".join(lines) + "\n"
+    header = ["C built after round", "cosine to C from ground truth", "mean abs. difference",
+              "pairwise cosine within C", "same, C from ground truth", "x_m mean (train)",
+              "object pixel share (train)"]
+    keys = ("mean_cosine", "mean_abs_diff", "within_cosine", "within_cosine_reference", "x_m_mean_train",
+            "object_pixel_share_train")
+    return markdown_table(header, ([str(t), *(fmt(mean_std(d[k]) if k in d else None) for k in keys)]
+                                   for t, d in sorted(per_round.items())))
 
 
 def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
@@ -93,28 +92,18 @@ ABLATION_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_mio
 def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: int | None = None) -> str:
     """One row per run folder (its ``-p`` overrides name it) at ``round_index``, plus the round-0 baseline
     of the first; mean ± std when a run has several seeds; ``seed`` restricts every run to that seed."""
-    head = "| variant | round | seeds | " + " | ".join(ABLATION_METRICS) + " |\n" + \
-        "|---|---|---|" + "---|" * len(ABLATION_METRICS) + "\n"
     rows = []
 
-    def cells(r: dict[str, Any]) -> str:
-        out = []
-        for n in ABLATION_METRICS:
-            if n not in r:
-                out.append("—")
-            elif len(r[n]["values"]) > 1:
-                out.append(f"{r[n]['mean']:.3f} ± {r[n]['std']:.3f}")
-            else:
-                out.append(f"{r[n]['mean']:.4f}" if n == "logit_share_from_m" else f"{r[n]['mean']:.3f}")
-        return " | ".join(out)
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [fmt(r.get(n)) for n in ABLATION_METRICS]
 
     for i, d in enumerate(run_dirs):
         run = Run(d)
         if seed is not None:
-            sd = run.path / f"seed_{seed}"
+            sd = run.layout.seed(seed).path
             rounds = Run(sd).metrics.get("conta", {}).get("rounds", []) if sd.is_dir() else []
             if not rounds:
-                raise ValueError(f"{run.path / f'seed_{seed}'} has no finished round")
+                raise ValueError(f"{sd} has no finished round")
             summary = summarize({seed: rounds})
         else:
             summary = load_summary(d, partial=True)
@@ -122,23 +111,20 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: in
         name = ", ".join(f"{k}={v}" for k, v in over.items() if k != "rounds") or "paper defaults"
         by_round = {r["round"]: r for r in summary["rounds"]}
         if i == 0 and 0 in by_round:
-            rows.append(f"| baseline (round 0) | 0 | {summary['seeds']} | {cells(by_round[0])} |")
+            rows.append(["baseline (round 0)", "0", str(summary["seeds"]), *cells(by_round[0])])
         if round_index in by_round:
-            rows.append(f"| {name} | {round_index} | {summary['seeds']} | {cells(by_round[round_index])} |")
-    return head + "\n".join(rows) + "\n\nRun folders: " + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n"
+            rows.append([name, str(round_index), str(summary["seeds"]), *cells(by_round[round_index])])
+    folders = ", ".join(f"`{Path(d).name}`" for d in run_dirs)
+    return markdown_table(["variant", "round", "seeds", *ABLATION_METRICS], rows) + f"\nRun folders: {folders}\n"
 
 
 def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) -> str:
-    """The README block of a confounding sweep (notebook 07): provenance and wall time, the headline and
-    per-class figures the notebook drew (copied into ``figure_dir``), and the tables it wrote."""
-    from .sweep import load_sweep
-
+    """The README block of a confounding sweep: provenance and wall time, the headline and per-class figures
+    notebook 07 drew (copied into ``figure_dir`` where they exist), and the tables, made here from the
+    sweep's own rounds (:func:`~conta_kit.pipeline.sweep.sweep_tables`)."""
     run = Run(run_dir)
     summary = load_sweep(run.path)
-    tables = run.path / "sweep_tables.md"
-    if not tables.exists():
-        raise FileNotFoundError(f"{tables} is missing: run notebook 07 (`conta-kit sweep`) on {run.path} first")
-    params, env = run.params, read_json(run.path / "env.json") if (run.path / "env.json").exists() else {}
+    params, env = run.params, read_json(run.layout.env) if run.layout.env.exists() else {}
     over = {**params, **params.get("overrides", {})}  # `conta-kit sweep` puts rhos/seeds/jobs in overrides
     walls = run.metrics.get("sweep_wall_s", [])
     seeds = sorted({c["num_seeds"] for cells in summary["methods"].values() for c in cells.values()})
@@ -153,25 +139,20 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) ->
         figure_dir = Path(figure_dir)
         figure_dir.mkdir(parents=True, exist_ok=True)
         for name in ("07_sweep_headline", "07_sweep_per_class", "07_sweep_ood_cams"):
-            src = run.figures / f"{name}.png"
+            src = run.layout.figure(name)
             if src.exists():  # a 256-colour palette copy keeps the repository small
-                from PIL import Image
-
                 buf = io.BytesIO()
                 Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
                 atomic_write_bytes(figure_dir / f"{name}.png", buf.getvalue(), overwrite=True)
                 lines += [f"![{name}]({figure_dir.as_posix()}/{name}.png)", ""]
-    return "\n".join(lines) + "\n" + tables.read_text()
+    return "\n".join(lines) + "\n" + sweep_tables(summary)
 
 
 def sweep_ablation_markdown(run_dirs: list[str | Path], rho: float | None = None) -> str:
     """One row per sweep folder (e.g. ``-p pool hard|random|mined``): W-OoD against its run's baseline at
     ``rho`` (default: the rho closest to 0.9), mean ± std over seeds, labelled by the folder's overrides."""
-    from .sweep import _fmt, default_detail_rho, load_sweep
-
     names = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "cam_leakage", "context_reliance", "ood_fp_rate",
              "ood_fp_rate_random")
-    head = "| variant | method | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
     rows = []
     for d in run_dirs:
         run = Run(d)
@@ -181,8 +162,8 @@ def sweep_ablation_markdown(run_dirs: list[str | Path], rho: float | None = None
         label = ", ".join(f"{k}={v}" for k, v in over.items()) or "defaults"
         for method in ("baseline", "W-OoD"):
             cell = summary["methods"].get(method, {}).get(r)
-            rows.append(f"| {label} | {method} | " + " | ".join(_fmt(cell, n) for n in names) + " |")
-    return (head + "\n".join(rows) + f"\n\nrho {r}; run folders: "
+            rows.append([label, method, *(fmt((cell or {}).get(n)) for n in names)])
+    return (markdown_table(["variant", "method", *names], rows) + f"\nrho {r}; run folders: "
             + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n")
 
 
@@ -201,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conta_kit.report", description=__doc__.split("\n")[0])
     p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several, or with --sweep a "
                    "sweep folder")
-    p.add_argument("--sweep", action="store_true", help="a `conta-kit sweep` folder (notebook 07's tables and "
-                   "figures; with --update, the figures are copied into --figure-dir)")
+    p.add_argument("--sweep", action="store_true", help="a `conta-kit sweep` folder (its tables, and notebook "
+                   "07's figures; with --update, the figures are copied into --figure-dir)")
     p.add_argument("--figure-dir", default="docs/figures")
     p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
     p.add_argument("--round", type=int, default=1)
@@ -228,7 +209,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

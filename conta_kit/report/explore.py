@@ -12,11 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 
-from .cam import compute_cams
-from .config import RunCfg
-from .pseudo import cams_to_labels
+from ..cam import cams_to_labels, compute_cams
+from ..config import RunCfg
+from ..io import RunLayout
+from ..pipeline.rounds import load_round_classifier
+from .viz import colorize, contours, overlay, to_image
 
 
 class CamExplorer:
@@ -44,13 +47,10 @@ class CamExplorer:
     @classmethod
     def from_run(cls, cfg: RunCfg, seed_dir: str | Path, dataset: Any, split: str = "val",
                  indices: list[int] | None = None, rounds: list[int] | None = None) -> CamExplorer:
-        """Load every round's classifier from a seed folder of :func:`~conta_kit.rounds.run_conta`."""
-        from .rounds import load_round_classifier
-
-        seed_dir = Path(seed_dir)
+        """Load every round's classifier from a seed folder of :func:`~conta_kit.pipeline.rounds.run_conta`."""
+        layout = RunLayout(seed_dir)
         if rounds is None:
-            rounds = sorted(int(p.name.split("_")[1]) for p in seed_dir.glob("round_*")
-                            if (p / "checkpoints" / "classifier" / "last.pt").exists())
+            rounds = [t for t in layout.rounds() if layout.round(t).checkpoint("classifier").exists()]
         if not rounds:
             raise FileNotFoundError(f"no trained round under {seed_dir}")
         indices = list(range(min(8, len(dataset)))) if indices is None else list(indices)
@@ -78,10 +78,6 @@ class CamExplorer:
     def render(self, index: int = 0, cls: int | None = None, round_index: int | None = None,
                threshold: float = 0.15, opacity: float = 0.5, m_term: bool = True) -> Any:
         """Figure: the CAM of class ``cls`` over the image, the pseudo-mask at ``threshold``, the ground truth."""
-        import matplotlib.pyplot as plt
-
-        from .viz import _contours, _img, _overlay, colorize
-
         r = max(self.cams) if round_index is None else round_index
         if r not in self.cams:
             raise ValueError(f"round {r} not loaded; rounds: {sorted(self.cams)}")
@@ -89,14 +85,14 @@ class CamExplorer:
         k = (present[0] if present else 0) if cls is None else cls
         cams = self.cams[r][m_term if m_term in self.cams[r] else True]
         fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
-        _overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
-        _contours(axes[0], self.masks[index], k + 1)
+        overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
+        contours(axes[0], self.masks[index], k + 1)
         axes[0].set_title(f"CAM {self.class_names[k]}, round {r}" + ("" if m_term or r == 0 else ", M = 0"),
                           fontsize=9)
         pseudo = cams_to_labels(cams[index : index + 1], self.labels[index : index + 1], threshold)[0]
         axes[1].imshow(colorize(pseudo), interpolation="nearest")
         axes[1].set_title(f"CAM labels, background {threshold:.2f}", fontsize=9)
-        axes[2].imshow(_img(self.images[index]))
+        axes[2].imshow(to_image(self.images[index]))
         axes[2].imshow(colorize(self.masks[index]), alpha=0.6, interpolation="nearest")
         axes[2].set_title("ground truth", fontsize=9)
         for ax in axes:
@@ -109,10 +105,6 @@ class CamExplorer:
     def static(self, count: int = 3) -> Any:
         """A static equivalent: for the first images, the first round's and the last round's CAM (with and
         without M) side by side."""
-        import matplotlib.pyplot as plt
-
-        from .viz import _contours, _overlay
-
         first, last = min(self.cams), max(self.cams)
         cols = [(first, True), (last, True)] + ([(last, False)] if False in self.cams[last] else [])
         n = min(count, self.images.shape[0])
@@ -121,16 +113,15 @@ class CamExplorer:
             present = self.present(i)
             k = present[0] if present else 0
             for j, (r, t) in enumerate(cols):
-                _overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
-                _contours(axes[i, j], self.masks[i], k + 1)
+                overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
+                contours(axes[i, j], self.masks[i], k + 1)
                 axes[i, j].set_title(f"{self.class_names[k]}: round {r}" + ("" if t else ", M = 0"), fontsize=8)
         fig.tight_layout()
         return fig
 
     def widget(self) -> Any:
         """An ipywidgets box; every control change re-renders into its output area."""
-        import ipywidgets as w
-        import matplotlib.pyplot as plt
+        import ipywidgets as w  # optional front end: only the live widget needs it
         from IPython.display import display
 
         n = self.images.shape[0]

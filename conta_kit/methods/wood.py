@@ -29,11 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .cam import eval_mode
-from .config import RunCfg, WOoDConfig
-from .data import collate
-from .io import atomic_torch_save, atomic_write_text
-from .train import TrainCfg, fit, multilabel_loss
+from ..config import RunCfg, WOoDConfig
+from ..data import collate
+from ..infer import batches
+from ..io import RoundLayout, atomic_torch_save, atomic_write_text
+from ..models import eval_mode
+from ..train import TrainCfg, fit, multilabel_loss
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def pooled_features(model: nn.Module, images: torch.Tensor,
                     x_m: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """f(x), the globally pooled features the head sees (B, D), and the logits (B, C), from one forward.
 
-    For a :class:`~conta_kit.conta.ContaClassifier` (``x_m`` given) f(x) is the pooled [F ; M].
+    For a :class:`~conta_kit.methods.conta.ContaClassifier` (``x_m`` given) f(x) is the pooled [F ; M].
     """
-    fmap = model.features(images) if x_m is None else model.features(images, x_m)
+    fmap = model.features(images, x_m)
     f = fmap.mean(dim=(2, 3))
     return f, model.head(f[:, :, None, None]).flatten(1)
 
@@ -93,11 +94,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0,
 def _features(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, desc: str,
               progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(f (N, D), sigmoid scores (N, C), labels (N, C)) over ``dataset`` without augmentation."""
-    from .pipeline import _batches  # imported here: pipeline imports this module inside run_round
-
     feats, scores, labels = [], [], []
     with eval_mode(model):
-        for bt in _batches(dataset, batch_size, device, desc, progress):
+        for bt in batches(dataset, batch_size, device, desc, progress):
             f, logits = pooled_features(model, bt["image"], bt.get("x_m"))
             feats.append(f.float().cpu())
             scores.append(torch.sigmoid(logits.float()).cpu())
@@ -181,7 +180,7 @@ def ood_ascent(model: nn.Module, images: torch.Tensor, x_m: torch.Tensor | None 
         return images
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad(), eval_mode(model):
-        logits = model(x) if x_m is None else model(x, x_m)
+        logits = model(x, x_m)
         (g,) = torch.autograd.grad(logits.float().amax(1).sum(), x)
     step = eps * g / g.abs().amax().clamp_min(1e-12)
     return (images + step).clamp(float(images.min()), float(images.max())).detach()
@@ -217,7 +216,7 @@ class WOoDLoss:
         dev = batch["image"].device
         ood = self.augment({k: v[idx].to(dev) for k, v in self.pool.items()})
         o_img = ood_ascent(model, ood["image"], ood.get("x_m"), w.ascent_eps)
-        o_logits = model(o_img) if "x_m" not in ood else model(o_img, ood["x_m"])
+        o_logits = model(o_img, ood.get("x_m"))
         l_ood = ood_bce(o_logits, len(batch["image"]), w.exclude_class)
         loss = bce + w.lambda_metric * (pull - push) + w.beta_ood * l_ood
         for name, v in (("bce", bce), ("pull", pull), ("push", push), ("ood", l_ood),
@@ -270,7 +269,7 @@ def _collate_all(dataset: Dataset) -> dict[str, torch.Tensor]:
     return {k: items[k] for k in ("image", "x_m") if k in items}
 
 
-def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset], root: Path,
+def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset], rnd: RoundLayout,
                         device: torch.device, augment: Callable[[dict[str, Any]], dict[str, Any]], *,
                         progress: bool = True, resume: bool = False, round_index: int = 0) -> dict[str, Any]:
     """The extra stage of a round: ``cfg.wood.ft_epochs`` more epochs of ``model`` (trained in place).
@@ -278,14 +277,14 @@ def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset],
     ``finetune="plain"``: the classification loss only (the fair baseline). ``"wood"``: W-OoD with the
     pool ``data["wood_pool"]``; the mined list (``artifacts/mined_ood.csv``) and the prototypes
     (``artifacts/wood_prototypes.pt``: valid-from epoch -> (P, Q)) are saved, so a resumed stage uses the
-    ones it had. Checkpoints go to ``root/checkpoints/classifier_ft``. Returns the stage's record.
+    ones it had. Checkpoints go to ``rnd.checkpoint_dir("classifier_ft")``. Returns the stage's record.
     """
     w, b = cfg.wood, cfg.baseline
     if w.finetune == "off":
         raise ValueError("finetune_classifier needs cfg.wood.finetune 'plain' or 'wood'")
     tcfg = TrainCfg(epochs=w.ft_epochs, batch_size=b.cls_batch_size, lr=w.ft_lr or b.cls_lr, optimizer=b.cls_optimizer,
                     seed=cfg.seed, num_workers=b.num_workers)
-    ckpt_dir = root / "checkpoints" / "classifier_ft"
+    ckpt_dir = rnd.checkpoint_dir("classifier_ft")
     desc = f"{w.finetune} ft r{round_index}"
     if w.finetune == "plain":
         hist = fit(model, data["train"], lambda m, bt: multilabel_loss(m, augment(bt)), tcfg, device=device,
@@ -297,9 +296,9 @@ def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset],
     model.to(device)
     pool: Dataset = data["wood_pool"]
     record: dict[str, Any] = {"mode": "wood", "epochs": w.ft_epochs, "pool_kind": w.pool, "pool_candidates": len(pool)}
-    state_path = root / "artifacts" / "wood_prototypes.pt"
+    state_path = rnd.artifact("wood_prototypes.pt")
     if w.pool == "mined":
-        mined = root / "artifacts" / "mined_ood.csv"  # mined once, with the starting classifier
+        mined = rnd.artifact("mined_ood.csv")  # mined once, with the starting classifier
         rows = _read_mined(mined) if mined.exists() else mine_hard_ood(
             model, pool, w.mine_thr, w.mine_top_n, batch_size=b.eval_batch_size, device=device, progress=progress,
             out_csv=mined)

@@ -90,7 +90,7 @@ def cams_to_pseudo_masks(cams: torch.Tensor, labels: torch.Tensor, bg_threshold:
 def _crf(images: torch.Tensor, probs: torch.Tensor, iters: int = 10) -> torch.Tensor:
     """Dense CRF with IRNet's settings (gaussian sxy 3 compat 3; bilateral sxy 50, srgb 5, compat 10)."""
     try:
-        import pydensecrf.densecrf as dcrf
+        import pydensecrf.densecrf as dcrf  # optional extra: only the CRF refiner needs it
         from pydensecrf.utils import unary_from_softmax
     except ImportError as e:
         raise ImportError("refine='crf' needs the optional extra: pip install pydensecrf2==1.1") from e

@@ -38,7 +38,7 @@ def colorize(mask: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.where(m[..., None] < 0, 0, label_palette()[np.clip(m, 0, 255)]).astype(np.uint8)
 
 
-def _img(image: torch.Tensor) -> np.ndarray:
+def to_image(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
 
 
@@ -62,7 +62,7 @@ def plot_scenes(dataset: Any, indices: Sequence[int], context: bool = True) -> F
     names = dataset.class_names
     for j, it in enumerate(items):
         present = [names[k] for k in torch.nonzero(it["labels"]).flatten().tolist()]
-        axes[0, j].imshow(_img(it["image"]))
+        axes[0, j].imshow(to_image(it["image"]))
         axes[0, j].set_title(", ".join(present) or "(no object)", fontsize=7)
         axes[1, j].imshow(colorize(it["mask"]), interpolation="nearest")
         if rows == 3:
@@ -104,9 +104,9 @@ def plot_class_bars(values: Sequence[float], names: Sequence[str], ylabel: str, 
     return fig
 
 
-def _overlay(ax: Any, image: torch.Tensor, heat: torch.Tensor | None, alpha: float = 0.5, cmap: str = "jet",
+def overlay(ax: Any, image: torch.Tensor, heat: torch.Tensor | None, alpha: float = 0.5, cmap: str = "jet",
              vmin: float = 0.0, vmax: float = 1.0) -> Any:
-    ax.imshow(_img(image))
+    ax.imshow(to_image(image))
     im = None
     if heat is not None:
         im = ax.imshow(heat.detach().cpu().numpy(), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
@@ -115,7 +115,7 @@ def _overlay(ax: Any, image: torch.Tensor, heat: torch.Tensor | None, alpha: flo
     return im
 
 
-def _contours(ax: Any, mask: torch.Tensor, label: int, color: str = "white") -> None:
+def contours(ax: Any, mask: torch.Tensor, label: int, color: str = "white") -> None:
     m = (mask.cpu().numpy() == label).astype(float)
     if 0 < m.sum() < m.size:
         ax.contour(m, levels=[0.5], colors=color, linewidths=1.0)
@@ -125,9 +125,9 @@ def plot_cam_overlay(image: torch.Tensor, cam: torch.Tensor, title: str = "", al
                      mask: torch.Tensor | None = None, label: int | None = None) -> Figure:
     """One CAM (H, W) in [0, 1] over its image (3, H, W), with the ground-truth contour of ``label``."""
     fig, ax = plt.subplots(figsize=(3.2, 3.2))
-    _overlay(ax, image, cam, alpha)
+    overlay(ax, image, cam, alpha)
     if mask is not None and label is not None:
-        _contours(ax, mask, label)
+        contours(ax, mask, label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -146,16 +146,16 @@ def plot_cam_before_after(images: torch.Tensor, before: torch.Tensor, after: tor
     fig, axes = plt.subplots(n, 4, figsize=(9.2, 2.3 * n), squeeze=False)
     for i in range(n):
         k = int(classes[i])
-        axes[i, 0].imshow(_img(images[i]))
+        axes[i, 0].imshow(to_image(images[i]))
         axes[i, 0].set_ylabel(names[k], fontsize=9)
-        _overlay(axes[i, 1], images[i], before[i])
-        _overlay(axes[i, 2], images[i], after[i])
+        overlay(axes[i, 1], images[i], before[i])
+        overlay(axes[i, 2], images[i], after[i])
         diff = (after[i] - before[i]).detach().cpu()
         lim = max(float(diff.abs().max()), 1e-6)
         im = axes[i, 3].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
         fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
         for ax in axes[i, 1:]:
-            _contours(ax, masks[i], k + 1, "black" if ax is axes[i, 3] else "white")
+            contours(ax, masks[i], k + 1, "black" if ax is axes[i, 3] else "white")
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -276,7 +276,7 @@ def plot_masks_grid(images: torch.Tensor, rows: dict[str, torch.Tensor]) -> Figu
     r = 1 + len(rows)
     fig, axes = plt.subplots(r, n, figsize=(1.8 * n, 1.85 * r), squeeze=False)
     for j in range(n):
-        axes[0, j].imshow(_img(images[j]))
+        axes[0, j].imshow(to_image(images[j]))
         for i, m in enumerate(rows.values(), start=1):
             axes[i, j].imshow(colorize(m[j]), interpolation="nearest")
     for ax in axes.flat:
@@ -312,102 +312,18 @@ def plot_cam_grid(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor
     n = images.shape[0]
     fig, axes = plt.subplots(n, 1 + per_image, figsize=(2.1 * (1 + per_image), 2.1 * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(_img(images[i]))
+        axes[i, 0].imshow(to_image(images[i]))
         present = torch.nonzero(labels[i]).flatten().tolist()[:per_image]
         for j in range(per_image):
             ax = axes[i, 1 + j]
             if j < len(present):
                 k = present[j]
-                _overlay(ax, images[i], cams[i, k])
-                _contours(ax, masks[i], k + 1)
+                overlay(ax, images[i], cams[i, k])
+                contours(ax, masks[i], k + 1)
                 ax.set_title(names[k], fontsize=8)
             else:
                 ax.axis("off")
         axes[i, 0].set_xticks([])
         axes[i, 0].set_yticks([])
-    fig.tight_layout()
-    return fig
-
-
-_SWEEP_LABELS = {"seed_miou_fixed": "seed mIoU (fixed thr)", "seed_miou_best": "seed mIoU (thr on val)",
-                 "pseudo_miou": "pseudo-mask mIoU", "cam_leakage": "CAM leakage onto context",
-                 "ood_fp_rate": "OoD false-positive rate", "context_reliance": "context reliance"}
-
-
-def _method_style(name: str, i: int) -> dict[str, Any]:
-    wood = "W-OoD" in name
-    conta = "CONTA" in name
-    palette = sns.color_palette("Blues" if not wood else "Oranges", 5) if conta else None
-    r = int(name.rsplit("r", 1)[1]) if conta else 0
-    color = palette[min(4, 1 + r)] if conta else ("black" if not wood else "tab:red")
-    return {"color": color, "linestyle": "--" if conta else "-", "marker": "os^v"[i % 4] if not conta else "."}
-
-
-def plot_sweep(summary: dict[str, Any], metrics: Sequence[str] = ("seed_miou_fixed", "pseudo_miou", "cam_leakage"),
-               methods: Sequence[str] | None = None) -> Figure:
-    """The confounding sweep: one panel per metric against rho, one line per method, mean ± std over seeds
-    (``summary`` from :func:`conta_kit.sweep.summarize_sweep`)."""
-    from .sweep import methods as _all_methods
-
-    names = list(methods or [m for m in _all_methods(summary["rounds"]) if m in summary["methods"]])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for i, name in enumerate(names):
-            cells = summary["methods"].get(name, {})
-            pts = sorted((float(r), c[metric]) for r, c in cells.items() if metric in c)
-            if not pts:
-                continue
-            std = [0.0 if s["std"] is None or math.isnan(s["std"]) else s["std"] for _, s in pts]
-            ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=std, capsize=2, lw=1.2,
-                        label=name, **_method_style(name, i))
-        ax.set_xlabel("cooccurrence rho")
-        ax.set_title(_SWEEP_LABELS.get(metric, metric), fontsize=9)
-        ax.set_xticks(summary["rhos"])
-    axes[0][-1].legend(fontsize=7, loc="best")
-    seeds = {c.get("num_seeds") for cells in summary["methods"].values() for c in cells.values()}
-    fig.suptitle(f"mean ± std over {'/'.join(str(s) for s in sorted(seeds))} seeds" + (
-        " (partial)" if summary.get("partial") else ""), fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_sweep_per_class(summary: dict[str, Any], rho: float, class_names: Sequence[str],
-                         methods: Sequence[str] | None = None) -> Figure:
-    """Per-class precision and recall of the seed masks at one rho, one bar per method (mean over seeds)."""
-    names = list(methods or summary["methods"])
-    key = f"{rho:g}"
-    fig, axes = plt.subplots(2, 1, figsize=(1.6 + 0.9 * len(class_names), 5.6), sharex=True)
-    width = 0.8 / max(len(names), 1)
-    for ax, what in zip(axes, ("precision", "recall")):
-        for i, name in enumerate(names):
-            vals = summary["methods"].get(name, {}).get(key, {}).get(f"per_class_{what}")
-            if vals is None:
-                continue
-            x = np.arange(len(class_names)) + (i - (len(names) - 1) / 2) * width
-            ax.bar(x, vals[1:1 + len(class_names)], width, label=name, color=_method_style(name, i)["color"])
-        ax.set_ylabel(f"seed {what}")
-    axes[1].set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    axes[0].set_title(f"per-class precision / recall of the seed masks at rho {key}", fontsize=9)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def plot_ood_cams(result: dict[str, Any]) -> Figure:
-    """Held-out background-only images (no object), then per method the top class's CAM x its probability
-    (``result`` from :func:`conta_kit.sweep.ood_cams`)."""
-    methods = [k for k in result if k not in ("images", "class_names")]
-    images, names = result["images"], result["class_names"]
-    n = images.shape[0]
-    fig, axes = plt.subplots(1 + len(methods), n, figsize=(1.9 * n, 2.0 * (1 + len(methods))), squeeze=False)
-    for i in range(n):
-        _overlay(axes[0, i], images[i], None)
-        for r, m in enumerate(methods, start=1):
-            d = result[m]
-            _overlay(axes[r, i], images[i], d["cam"][i])
-            axes[r, i].set_title(f"{names[int(d['top'][i])]} p={float(d['prob'][i]):.2f}", fontsize=7)
-        axes[0, 0].set_ylabel("OoD image", fontsize=8)
-    for r, m in enumerate(methods, start=1):
-        axes[r, 0].set_ylabel(f"{m}\nCAM x p", fontsize=8)
     fig.tight_layout()
     return fig

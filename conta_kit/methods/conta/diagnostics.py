@@ -1,0 +1,53 @@
+"""How good a run's confounder sets are: each round's C against the prototypes built the same way from the
+ground-truth training masks, and how alike its prototypes are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...config import RunCfg
+from ...data import collate
+from ...data.splits import load_splits
+from ...io import RunLayout, read_json
+from .confounders import ConfounderSet, build_confounder_set, prototype_quality
+
+
+def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list[dict[str, Any]]:
+    """For every round's confounder set in a seed folder: its quality against the prototypes built the same
+    way from the ground-truth training masks (:func:`~conta_kit.methods.conta.prototype_quality`), and how much
+    the prototypes differ from each other."""
+    layout = RunLayout(seed_dir)
+    rounds = [t for t in layout.rounds() if layout.round(t).confounders.exists()]
+    if not rounds:
+        return []
+    cfg = cfg or RunCfg.from_dict(read_json(layout.params)["resolved"])
+    train = load_splits(cfg)["train"]
+    out = []
+    ref_by_grid: dict[tuple[int, int], ConfounderSet] = {}
+    pixels = [0, 0]  # object pixels, all pixels of train: counted during the first pass
+
+    def masks() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for i in range(0, len(train), 256):
+            b = collate([train[j] for j in range(i, min(i + 256, len(train)))])
+            if not ref_by_grid:
+                pixels[0] += int(((b["mask"] > 0) & (b["mask"] != 255)).sum())
+                pixels[1] += b["mask"].numel()
+            yield b["mask"], b["labels"] if cfg.conta.present == "label" else None
+
+    for t in rounds:
+        rnd = layout.round(t)
+        conf = ConfounderSet.load(rnd.confounders)
+        if conf.grid not in ref_by_grid:
+            ref_by_grid[conf.grid] = build_confounder_set(masks(), train.num_classes, conf.grid,
+                                                          prior=cfg.conta.prior, include_bg=cfg.conta.include_bg)
+        object_share = pixels[0] / max(pixels[1], 1)
+        row = {"round": t, **prototype_quality(conf, ref_by_grid[conf.grid])}
+        if rnd.x_m.exists():  # how much of the image the segmenter calls foreground, against the truth
+            row["x_m_mean_train"] = float(torch.load(rnd.x_m, weights_only=True)["train"].float().mean() / 255)
+            row["object_pixel_share_train"] = object_share
+        out.append(row)
+    return out

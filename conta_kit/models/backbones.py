@@ -1,0 +1,113 @@
+"""Backbones: trunks with named sequential ``stages`` and ``out_channels``, in the plain dict ``BACKBONES``.
+
+``imagenet_state`` fetches torchvision's ImageNet weights for a ResNet (online users; offline, pass a local
+``.pth`` path to :func:`~conta_kit.models.build_classifier` instead).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def pw_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyBackbone(nn.Module):
+    """A small CNN (output stride 8, 4 x width channels) that trains on the embedded benchmark on a CPU."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(conv_bn(3, w, 2), conv_bn(w, w, 1))
+        self.layer1 = nn.Sequential(conv_bn(w, 2 * w, 2), conv_bn(2 * w, 2 * w, 1))
+        self.layer2 = nn.Sequential(conv_bn(2 * w, 4 * w, 2), conv_bn(4 * w, 4 * w, 1))
+        self.layer3 = nn.Sequential(conv_bn(4 * w, 4 * w, 1), conv_bn(4 * w, 4 * w, 1))
+        self.out_channels = 4 * w
+        self.stages = ("stem", "layer1", "layer2", "layer3")
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk (no avgpool/fc) at output stride 16 (default) or 8."""
+
+    def __init__(self, name: str, output_stride: int = 16, dilate: bool = True) -> None:
+        super().__init__()
+        import torchvision  # heavy (about a second): only the ResNet / DeepLab models need it
+
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        ctor = getattr(torchvision.models, name)
+        replace = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+        if name == "resnet18" or not dilate:
+            net = ctor(weights=None)
+            for layer, flag in zip(("layer3", "layer4"), replace[1:]):
+                if flag:  # drop the stride without dilation (IRNet's literal choice; BasicBlock can't dilate)
+                    blk = getattr(net, layer)[0]
+                    (blk.conv2 if hasattr(blk, "conv3") else blk.conv1).stride = (1, 1)
+                    blk.downsample[0].stride = (1, 1)
+        else:
+            net = ctor(weights=None, replace_stride_with_dilation=replace)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = net.fc.in_features
+        self.stages = ("stem", "layer1", "layer2", "layer3", "layer4")
+        self._tv_name = name
+
+    def load_torchvision_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a torchvision ResNet state dict (``conv1.weight``, ``layer1...``; ``fc`` ignored)."""
+        mapped = {}
+        for k, v in state.items():
+            if k.startswith("fc."):
+                continue
+            head, _, rest = k.partition(".")
+            if head == "conv1":
+                mapped[f"stem.0.{rest}"] = v
+            elif head == "bn1":
+                mapped[f"stem.1.{rest}"] = v
+            else:
+                mapped[k] = v
+        try:
+            missing, unexpected = self.load_state_dict(mapped, strict=False)
+        except RuntimeError as e:
+            raise ValueError(f"{source} does not fit a {self._tv_name} backbone: {str(e).splitlines()[0]}") from e
+        if missing or unexpected:
+            raise ValueError(f"{source} does not fit a {self._tv_name} backbone: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "tiny": lambda **kw: TinyBackbone(width=kw.get("width", 32)),
+    "resnet18": lambda **kw: ResNetBackbone("resnet18", kw.get("output_stride", 16), kw.get("dilate", True)),
+    "resnet50": lambda **kw: ResNetBackbone("resnet50", kw.get("output_stride", 16), kw.get("dilate", True)),
+    "resnet101": lambda **kw: ResNetBackbone("resnet101", kw.get("output_stride", 16), kw.get("dilate", True)),
+}
+
+
+_TV_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
+
+
+def imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    import torchvision  # heavy (about a second): only the ResNet / DeepLab models need it
+
+    weights = getattr(torchvision.models, _TV_WEIGHTS[name]).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise RuntimeError(
+            f"could not fetch torchvision's ImageNet weights for {name} ({type(e).__name__}: {e}). Offline, "
+            f"download {weights.url} elsewhere and pass its local path: pretrained='/path/to/"
+            f"{Path(weights.url).name}'") from e

@@ -1,0 +1,138 @@
+"""Classifiers with an explicit ``features(x)`` and a bias-free 1x1-conv ``head`` (CAMs need no hooks),
+built from a backbone of ``BACKBONES``.
+
+IRNet's classifier choices are named options of :func:`build_classifier` with IRNet's values as the
+defaults for the ResNets: frozen batch-norm statistics (``freeze_bn``), frozen stem (``freeze_stem``),
+the output of ``layer2`` detached so only ``layer3``/``layer4`` and the head learn (``detach_until``),
+and a 10x learning rate for the head (:meth:`Classifier.param_groups`). IRNet's optimizer passes the
+weight decay positionally into SGD's momentum slot; the kit's optimizer uses keyword arguments and does not
+reproduce that bug (see :mod:`conta_kit.train`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, imagenet_state
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """Multi-label classifier: ``logits = head(GAP(features(x)))``; CAM = ``head.weight`` applied to features.
+
+    Inputs are images in [0, 1] (B, 3, H, W); ImageNet normalisation is a registered buffer.
+
+    Args:
+        backbone: a module with ``stages`` (names of its sequential stages) and ``out_channels``.
+        num_classes: C foreground classes.
+        freeze_bn: keep batch-norm statistics and affine parameters fixed (IRNet's FixedBatchNorm).
+        freeze_stem: no gradient for the stem (IRNet freezes conv1/bn1).
+        detach_until: name of the stage whose output is detached (IRNet: "layer2"), or None.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, freeze_bn: bool = False, freeze_stem: bool = False,
+                 detach_until: str | None = None) -> None:
+        super().__init__()
+        if detach_until is not None and detach_until not in backbone.stages:
+            raise ValueError(f"detach_until must be one of {backbone.stages} or None, got {detach_until!r}")
+        self.backbone, self.num_classes = backbone, num_classes
+        self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.head.weight)
+        self.freeze_bn, self.detach_until = freeze_bn, detach_until
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if freeze_stem:
+            for p in backbone.stem.parameters():
+                p.requires_grad_(False)
+        if freeze_bn:
+            for m in backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> ImageNet-normalised input of the first stage."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
+        return (x - self.mean) / self.std
+
+    def trunk(self, h: torch.Tensor, after: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        """Run the backbone's stages on ``h`` (detaching after ``detach_until``); ``after(name, h)``, when
+        given, may replace each stage's output (CONTA fuses M there)."""
+        for name in self.backbone.stages:
+            h = getattr(self.backbone, name)(h)
+            if name == self.detach_until:
+                h = h.detach()
+            if after is not None:
+                h = after(name, h)
+        return h
+
+    def features(self, x: torch.Tensor, x_m: torch.Tensor | None = None, m_term: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D, h, w) feature map. ``x_m`` and ``m_term`` are ignored: every
+        classifier of the kit takes them (a CONTA classifier fuses M from ``x_m``)."""
+        return self.trunk(self.normalize(x))
+
+    def forward(self, x: torch.Tensor, x_m: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) [, x_m ignored] -> logits (B, C): ``head(GAP(features))``."""
+        f = self.features(x, x_m)
+        return self.head(f.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+    def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
+        """Backbone parameters at lr x1, head at lr x ``head_lr_mult`` (IRNet: 10); frozen ones left out."""
+        back = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [{"params": back, "lr_mult": 1.0}, {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
+
+
+def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | None = None, output_stride: int = 16,
+                     *, dilate: bool = True, freeze_bn: bool | None = None, freeze_stem: bool | None = None,
+                     detach_until: str | None = "irnet", width: int = 32) -> Classifier:
+    """Build a CAM classifier.
+
+    Args:
+        backbone: a key of ``BACKBONES``: "tiny", "resnet18", "resnet50", "resnet101".
+        num_classes: C foreground classes.
+        pretrained: None, "imagenet" (torchvision's weights API; needs the network or a warm torch hub cache),
+            or a path to a torchvision ResNet state-dict file (loaded with ``weights_only=True``).
+        output_stride: 16 (IRNet) or 8 for ResNets; the tiny backbone is always 8.
+        dilate: ResNets keep their receptive field with dilation (torchvision); False drops the stride only,
+            as IRNet does.
+        freeze_bn, freeze_stem: IRNet's choices; default True for ResNets, False for "tiny".
+        detach_until: "irnet" = "layer2" for ResNets and None for "tiny"; or a stage name, or None.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    net = BACKBONES[backbone](output_stride=output_stride, dilate=dilate, width=width)
+    is_resnet = backbone != "tiny"
+    if pretrained is not None:
+        if not is_resnet:
+            raise ValueError("pretrained weights exist only for the ResNet backbones")
+        if pretrained == "imagenet":
+            state, source = imagenet_state(backbone), f"torchvision ImageNet weights for {backbone}"
+        else:
+            path = Path(pretrained)
+            if not path.is_file():
+                raise FileNotFoundError(f"pretrained weights file {path} not found")
+            state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+        net.load_torchvision_state(state, source)
+    if detach_until == "irnet":
+        detach_until = "layer2" if is_resnet else None
+    return Classifier(net, num_classes, freeze_bn=is_resnet if freeze_bn is None else freeze_bn,
+                      freeze_stem=is_resnet if freeze_stem is None else freeze_stem, detach_until=detach_until)

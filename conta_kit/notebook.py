@@ -1,0 +1,71 @@
+"""One call that sets a notebook up: its configuration, its run folder, the CONTA loop trained (or read
+back) and the data, so that every notebook's code is the story it tells.
+
+    nb = ck.notebook_setup("02_cams", preset=preset, smoke=smoke, ..., run_dir=run_dir)
+    nb.history[0]["seed"]["miou_fixed"], nb.seed.round(1).confounders, nb.splits["val"], nb.names
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .config import RunCfg
+from .data.splits import load_splits
+from .io import Run, RunLayout, open_run
+from .pipeline.rounds import run_conta, seed_run
+
+
+@dataclass
+class Notebook:
+    """What a notebook works with.
+
+    Attributes:
+        cfg: the resolved configuration. run: the run folder the notebook writes into.
+        seed: the layout of the seed folder the CONTA loop writes (``run/seed_<s>/``); None when not trained.
+        splits: the datasets by split name. names: the class names.
+        history: every round's metrics (round 0 = the baseline); empty when the loop was not run.
+    """
+
+    cfg: RunCfg
+    run: Run
+    seed: RunLayout | None
+    splits: dict[str, Dataset]
+    names: list[str]
+    history: list[dict[str, Any]]
+
+    @property
+    def last(self) -> int:
+        """The index of the last round."""
+        return len(self.history) - 1
+
+    def rounds_line(self) -> list[str]:
+        """One short line per round: its seed mIoU at the fixed threshold."""
+        return [f"round {m['round']}: seed mIoU {m['seed']['miou_fixed']:.3f}" for m in self.history]
+
+
+def notebook_setup(name: str, *, preset: str = "default", smoke: bool = False, overrides: dict[str, Any] | None = None,
+                   run_dir: str | Path | None = None, runs_root: str | Path = "runs", train: bool = True,
+                   progress: bool = True, **params: Any) -> Notebook:
+    """Resolve the configuration (``params``, then ``overrides``: what ``conta-kit run -p`` passes, last),
+    open ``run_dir`` or make a new run folder ``<runs_root>/<stamp>_<name>``, train the CONTA loop into its
+    seed folder on first use (``train=False``: skip it) and load the splits.
+
+    Args:
+        name: the run name when a new folder is made (e.g. ``"02_cams"``).
+        preset, smoke: the preset (``smoke=True`` means ``"smoke"``).
+        overrides: any RunCfg field by its flat name; wins over ``params``.
+        **params: the notebook's own parameters (``seed``, ``device``, ``rounds``, ...); None keeps the preset's.
+    """
+    cfg = RunCfg.from_params(preset="smoke" if smoke else preset, **(params | dict(overrides or {})))
+    run = open_run(run_dir, name, root=runs_root, params=cfg.to_dict(), seed=cfg.seed)
+    seed, history = None, []
+    if train:
+        seed_dir = seed_run(run, cfg)
+        history = run_conta(cfg, seed_dir, progress=progress)
+        seed = seed_dir.layout
+    splits = load_splits(cfg)
+    return Notebook(cfg, run, seed, splits, list(splits["train"].class_names), history)

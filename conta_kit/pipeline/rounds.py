@@ -1,0 +1,163 @@
+"""The CONTA loop: rounds 0..T (round 0 = the baseline), resumable; round 0 reusable across ablations.
+
+    run folder/ (a seed folder: :class:`~conta_kit.io.RunLayout`)
+      round_0/ checkpoints/{classifier,segmenter}/last.pt  artifacts/pseudo_masks.pt
+               x_m.pt (split -> (N, H, W) uint8)  confounders.pt (C, P(c))  metrics.json (round done)
+      round_1/ ... artifacts/attention.pt (alpha per training image)
+      metrics.json ["conta"]["rounds"][t]
+
+Several seeds (:func:`~conta_kit.pipeline.jobs.run_seeds`) get ``seed_<s>/`` each, a run folder as above.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed
+from ..config import RunCfg, WOoDConfig, resolve_device
+from ..data.splits import load_splits
+from ..io import RoundLayout, Run, RunLayout, read_json, to_jsonable, write_json
+from ..methods.conta import ConfounderSet
+from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid
+from ..models import build_classifier, build_segmenter, load_checkpoint
+from .round import run_round
+
+log = logging.getLogger(__name__)
+
+
+def _round0_key(cfg: RunCfg) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline", "wood")}
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Paths where two settings dicts differ; a field ``theirs`` lacks (added to the kit since) is skipped."""
+    out = []
+    for k, v in ours.items():
+        if k not in theirs:
+            continue
+        if isinstance(v, dict) and isinstance(theirs[k], dict):
+            out += _differences(v, theirs[k], f"{prefix}{k}.")
+        elif v != theirs[k]:
+            out.append(f"{prefix}{k}: {theirs[k]!r} there, {v!r} here")
+    return out
+
+
+def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
+    """Raise unless ``src_round`` is a finished round 0 made with ``cfg``'s seed, data and baseline settings
+    (as recorded in ``params``)."""
+    if not RoundLayout(src_round).done:
+        raise FileNotFoundError(f"{src_round} holds no finished round 0 (metrics.json missing)")
+    theirs = read_json(params).get("resolved") if params.exists() else None
+    if theirs is None:
+        raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
+    theirs = {**theirs, "wood": {**WOoDConfig().__dict__, **theirs.get("wood", {})}}  # made before W-OoD: off
+    differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)
+    if differ:
+        raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
+                         f"(see {params})")
+
+
+def check_round0_source(cfg: RunCfg, round0_from: str | Path, seeds: list[int]) -> None:
+    """Raise (before anything is made) unless ``round0_from/seed_<s>/round_0`` is finished for every seed
+    and was made with the same seed, data and baseline settings."""
+    for s in seeds:
+        src = RunLayout(round0_from).seed(s)
+        _check_round0(replace(cfg, seed=s), src.round(0).path, src.params)
+
+
+def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, Any], progress: bool) -> None:
+    """Copy a finished round 0 (the baseline does not depend on CONTA's options) from another seed folder
+    and rebuild x_m and C from its segmenter with this run's options. Refuses a different seed/data/baseline.
+    """
+    source = Path(source)
+    src_round = RunLayout(source).round(0).path if RunLayout(source).round(0).path.is_dir() else source
+    params = RunLayout(source.parent if src_round == source else source).params
+    _check_round0(cfg, src_round, params)
+    dst = run.layout.round(0).path
+    if dst.exists():
+        raise ValueError(f"{dst} exists already; not overwriting it")
+    tmp = run.path / ".round_0.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src_round, tmp, ignore=shutil.ignore_patterns("x_m.pt", "confounders.pt", "metrics.json"))
+    b, device = cfg.baseline, torch.device(resolve_device(cfg.device))
+    seg = build_segmenter(b.segmenter, splits["train"].num_classes)
+    staged = RoundLayout(tmp)
+    load_checkpoint(seg, staged.checkpoint("segmenter"))
+    grid = feature_grid(build_classifier(b.backbone, splits["train"].num_classes), cfg)
+    build_next_round(cfg, seg.to(device), splits, staged, device, progress, grid=grid)
+    shutil.copy2(RoundLayout(src_round).metrics, staged.metrics)
+    tmp.rename(dst)
+    log.info("round 0 reused from %s (x_m and C rebuilt with this run's options)", src_round)
+
+
+def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
+              round0_from: str | Path | None = None) -> list[dict[str, Any]]:
+    """Rounds 0..``cfg.conta.rounds`` into ``run``; a stopped run continues where it stopped.
+
+    A round whose ``round_t/metrics.json`` exists is done and is read back; an unfinished round resumes
+    its training from the last epoch checkpoint (the data order and initialisation are seeded, so the
+    result is the same as an uninterrupted run). ``round0_from`` (a seed folder or its ``round_0``) reuses
+    a finished baseline of the same seed and settings, e.g. for ablations of CONTA's options.
+    """
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg)
+    if distributed.is_distributed():  # torchrun: every rank trains (DDP in fit), rank 0 alone writes
+        if round0_from is not None:
+            raise ValueError("round0_from is not supported with several processes; run it in one process")
+        progress = progress and distributed.rank() == 0
+    if round0_from is not None and not run.layout.round(0).done:
+        reuse_round0(cfg, run, round0_from, splits, progress)
+    rounds: list[dict[str, Any]] = []
+    conf, x_m = None, None
+    last = cfg.conta.rounds
+    for t in range(last + 1):
+        rnd = run.layout.round(t)
+        if rnd.done:
+            m = read_json(rnd.metrics)
+            log.info("round %d already done (%s)", t, rnd.metrics)
+        else:
+            rnd.path.mkdir(exist_ok=True)
+            m = run_round(cfg, rnd, splits, progress=progress, resume=True, confounders=conf, x_m=x_m,
+                          previous=run.layout.round(t - 1) if t else None, next_round=t < last, round_index=t)
+            write_json(rnd.metrics, m)
+        rounds.append(m)
+        run.log_metrics("conta", {"rounds": rounds, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()  # the other ranks read what rank 0 wrote (C, x_m) only after it is there
+        if t < last:
+            conf = ConfounderSet.load(rnd.confounders)
+            x_m = torch.load(rnd.x_m, map_location="cpu", weights_only=True)
+    return rounds
+
+
+def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
+                          num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+    """The trained classifier of a round (a plain classifier for round 0, else a ContaClassifier built with
+    the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8; None for round 0)."""
+    layout = RunLayout(seed_dir)
+    conf, x_m = None, None
+    if round_index > 0:
+        prev = layout.round(round_index - 1)
+        conf = ConfounderSet.load(prev.confounders)
+        x_m = torch.load(prev.x_m, map_location="cpu", weights_only=True)
+    model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)  # weights come from the checkpoint
+    load_checkpoint(model, layout.round(round_index).final_classifier)
+    return model.eval(), x_m
+
+
+def seed_run(run: Run, cfg: RunCfg) -> Run:
+    """``run/seed_<cfg.seed>/`` as a run folder (made on first use), where :func:`run_conta` writes."""
+    p = run.layout.seed(cfg.seed)
+    if not p.params.exists():
+        p.figures.mkdir(parents=True, exist_ok=True)
+        write_json(p.params, {"seed": cfg.seed, "resolved": cfg.to_dict()}, overwrite=True)
+        write_json(p.metrics, {}, overwrite=True)
+    distributed.barrier()
+    return Run(p.path)
