@@ -21,7 +21,13 @@ class DataCfg:
         image_size: square image side S.
         cooccurrence: rho, the probability that an object stands on its paired context.
         num_train, num_val, num_shifted, num_ood: images per split.
+        classifier_images: images the classifier trains on (None: ``num_train``). More than ``num_train`` streams
+            fresh images of the generator: the classifier sees images 0..classifier_images - 1 of the train
+            stream, of which the first ``num_train`` are the train split that gets CAMs, pseudo-masks and the
+            segmenter (the generator is free; many epochs over few images are not).
         rider_rate: probability that a horse carries a rider.
+        layout: "prior" (each class its own size, aspect, vertical band and context geometry, as in photos)
+            or "uniform" (the first layout: one size range for all; the negative control for CONTA).
     """
 
     image_size: int = 96
@@ -30,14 +36,21 @@ class DataCfg:
     num_val: int = 500
     num_shifted: int = 500
     num_ood: int = 500
+    classifier_images: int | None = None
     rider_rate: float = 0.3
+    layout: str = "prior"
 
     def __post_init__(self) -> None:
+        if self.layout not in ("prior", "uniform"):
+            raise ValueError(f"layout must be 'prior' or 'uniform', got {self.layout!r}")
         if not 0.0 <= self.cooccurrence <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {self.cooccurrence}")
         for f in ("num_train", "num_val", "num_shifted", "num_ood", "image_size"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
+        if self.classifier_images is not None and self.classifier_images < self.num_train:
+            raise ValueError(f"classifier_images must be None or >= num_train ({self.num_train}), "
+                             f"got {self.classifier_images}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class BaselineCfg:
 
     Attributes:
         backbone: classifier backbone ("tiny" on CPU; "resnet50" for VOC/COCO on a GPU).
+        cls_width: channel width of the "tiny" backbone (its last stage has 4 x width channels).
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
@@ -61,6 +75,7 @@ class BaselineCfg:
     """
 
     backbone: str = "tiny"
+    cls_width: int = 32
     pretrained: str | None = None
     cls_epochs: int = 6
     cls_batch_size: int = 32
@@ -71,7 +86,7 @@ class BaselineCfg:
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # CPU preset; IRNet adds 2.0 (4x the pixels of 1.0)
     cam_flip: bool = True
     bg_threshold: float = 0.15
-    threshold_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 16))
+    threshold_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
     conf_fg: float = 0.30
     conf_bg: float = 0.05
     segmenter: str = "tiny"
@@ -103,6 +118,9 @@ class ContaCfg:
         xm: the image's mask x_m from the previous segmenter: "fg_prob" (1 - P(background)) or "fg_binary".
         present: which images average into c_i: "label" (image label has the class) or "pred" (predicted).
         init: each round's classifier starts from "scratch" (same seed as round 0) or the "previous" round's.
+        oracle: on the embedded benchmark, also run the interventional oracle: round 0's recipe, seeds and
+            image layouts with the classifier trained at rho = chance (the generator's do(X)); every table
+            reads methods against it (``gap_closed``).
     """
 
     rounds: int = 3
@@ -116,6 +134,7 @@ class ContaCfg:
     xm: str = "fg_prob"
     present: str = "label"
     init: str = "scratch"
+    oracle: bool = True
 
     def __post_init__(self) -> None:
         choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),
@@ -237,13 +256,13 @@ class RunCfg:
             return cls(preset="smoke", data=DataCfg(image_size=64, num_train=96, num_val=48, num_shifted=48,
                                                     num_ood=48),
                        baseline=BaselineCfg(cls_epochs=3, cls_lr=0.1, seg_epochs=2, seg_lr=0.1, cam_scales=(1.0, 0.5),
-                                            cls_batch_size=16, seg_batch_size=16, threshold_grid=(0.1, 0.2, 0.3)),
+                                            cls_batch_size=16, seg_batch_size=16,
+                                            threshold_grid=(0.15, 0.35, 0.55, 0.75, 0.95)),
                        conta=ContaCfg(rounds=1), wood=WOoDConfig(ft_epochs=1, num_pool=48, k=8))
         if preset == "bench":  # the confounding sweep on the CPU: every (rho, method, seed) in about a minute
             return cls(preset="bench", data=DataCfg(image_size=64, num_train=600, num_val=200, num_shifted=200,
                                                     num_ood=200),
-                       baseline=BaselineCfg(cls_epochs=6, cls_lr=0.1, seg_epochs=4, seg_lr=0.1, cam_scales=(1.0, 0.5),
-                                            threshold_grid=tuple(round(0.05 * i, 2) for i in range(1, 13))),
+                       baseline=BaselineCfg(cls_epochs=6, cls_lr=0.1, seg_epochs=4, seg_lr=0.1, cam_scales=(1.0, 0.5)),
                        wood=WOoDConfig(ft_epochs=2, num_pool=300))
         if preset == "gpu":  # the embedded benchmark, larger, with ResNet-50 / DeepLabV3 (untested without a GPU)
             return cls(preset="gpu", data=DataCfg(image_size=160, num_train=10000, num_val=1000, num_shifted=1000,

@@ -189,6 +189,7 @@ class RunLayout:
         params.json  env.json  metrics.json  figures/<name>.png  index.html  index.json  report.md
         seed_<s>/                 a run folder of one seed (``conta-kit conta``, notebooks)
         round_<t>/                a round (:class:`RoundLayout`)
+        oracle/                   the oracle's round (the baseline trained at rho = chance)
         rho_<rho>/<arm>/seed_<s>/ a cell of the confounding sweep
     """
 
@@ -244,6 +245,11 @@ class RunLayout:
 
     def round(self, t: int) -> RoundLayout:
         return RoundLayout(self.path / f"round_{t}")
+
+    @property
+    def oracle(self) -> RoundLayout:
+        """The interventional oracle: round 0's recipe with the classifier trained at rho = chance."""
+        return RoundLayout(self.path / "oracle")
 
     def rounds(self) -> list[int]:
         """The rounds with a folder here (finished or not), in order."""

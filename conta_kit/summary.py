@@ -29,15 +29,26 @@ METRICS: dict[str, tuple[str, ...]] = {
     "seed_precision_fixed": ("seed", "mean_precision_fixed"), "seed_recall_fixed": ("seed", "mean_recall_fixed"),
     "ood_fp_rate": ("ood", "hard", "fp_rate"), "ood_fp_rate_random": ("ood", "random", "fp_rate"),
     "ood_mean_max_prob": ("ood", "hard", "mean_max_prob"),
+    "ceiling_miou_best": ("seed", "ceiling", "miou_best"), "ceiling_miou_fixed": ("seed", "ceiling", "miou_fixed"),
+    "seed_share_of_ceiling": ("seed", "share_of_ceiling"),
+    "cam_mass_in_object": ("seed", "localisation", "cam_mass_in_object"),
+    "object_pixel_share": ("seed", "localisation", "object_pixel_share"),
+    "cam_peak_on_object": ("seed", "localisation", "cam_peak_on_object"),
+    "surround_leakage_paired": ("seed", "surround", "surround_leakage_paired"),
+    "surround_leakage_unpaired": ("seed", "surround", "surround_leakage_unpaired"),
+    "confounding_leakage": ("seed", "surround", "confounding_leakage"),
     "total_s": ("timing", "total_s"),
 }
+#: the numbers read as the share of the baseline-to-oracle gap a method closes
+GAP_METRICS = ("seed_miou_best", "seed_miou_fixed", "pseudo_miou", "context_reliance", "cam_leakage",
+               "confounding_leakage")
 
 
 
-def sweep_methods(rounds: int) -> dict[str, tuple[str, int]]:
-    """The confounding sweep's rows in table order: method name -> (arm, round): baseline, CONTA r1..rT,
-    W-OoD, CONTA + W-OoD r1..rT."""
-    out = {"baseline": ("plain", 0)}
+def sweep_methods(rounds: int) -> dict[str, tuple[str, int | str]]:
+    """The confounding sweep's rows in table order: method name -> (arm, round): baseline, oracle (the
+    baseline trained at rho = chance), CONTA r1..rT, W-OoD, CONTA + W-OoD r1..rT."""
+    out: dict[str, tuple[str, int | str]] = {"baseline": ("plain", 0), "oracle": ("plain", "oracle")}
     out.update({f"CONTA r{t}": ("plain", t) for t in range(1, rounds + 1)})
     out["W-OoD"] = ("wood", 0)
     out.update({f"CONTA + W-OoD r{t}": ("wood", t) for t in range(1, rounds + 1)})
@@ -93,19 +104,44 @@ def fmt(stats: dict[str, Any] | None) -> str:
     return f"{mean:{spec}} ± {std:{spec}}" if spread else f"{mean:{spec}}"
 
 
-def summarize(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Every :data:`METRICS` number of every round as :func:`mean_std` over the seeds that have it
-    (rounds that every seed finished)."""
+def gap_closed(method: float | None, baseline: float | None, oracle: float | None, eps: float = 1e-9) -> float:
+    """``(method - baseline) / (oracle - baseline)``: 0 = the baseline, 1 = the oracle (trained at rho =
+    chance); NaN where a value is missing or the oracle does not differ from the baseline."""
+    if method is None or baseline is None or oracle is None or abs(oracle - baseline) < eps:
+        return math.nan
+    return (method - baseline) / (oracle - baseline)
+
+
+def _row(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in METRICS:
+        vals = finite(metric_value(m, name) for m in metrics)
+        if vals:
+            row[name] = mean_std(vals)
+    return row
+
+
+def summarize(per_seed: dict[int, list[dict[str, Any]]], oracle: dict[int, dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
+    """Every :data:`METRICS` number of every round as :func:`mean_std` over the seeds that have it (rounds
+    that every seed finished). With the seeds' ``oracle`` metrics: an ``oracle`` row and, in every round,
+    ``gap_<name>`` for :data:`GAP_METRICS` (:func:`gap_closed` per seed, then mean, std and 95 % interval)."""
+    seeds = sorted(per_seed)
     n_rounds = min(len(r) for r in per_seed.values())
     out = []
     for t in range(n_rounds):
-        row: dict[str, Any] = {"round": t}
-        for name in METRICS:
-            vals = finite(metric_value(per_seed[s][t], name) for s in sorted(per_seed))
-            if vals:
-                row[name] = mean_std(vals)
+        row: dict[str, Any] = {"round": t, **_row([per_seed[s][t] for s in seeds])}
+        if oracle:
+            for name in GAP_METRICS:
+                vals = finite(gap_closed(metric_value(per_seed[s][t], name), metric_value(per_seed[s][0], name),
+                                         metric_value(oracle[s], name)) for s in seeds if s in oracle)
+                if vals:
+                    row[f"gap_{name}"] = mean_std(vals)
         out.append(row)
-    return {"seeds": sorted(per_seed), "rounds": out}
+    res: dict[str, Any] = {"seeds": seeds, "rounds": out}
+    if oracle:
+        res["oracle"] = {"round": "oracle", **_row([oracle[s] for s in seeds if s in oracle])}
+    return res
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -117,6 +153,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def summary_table(summary: dict[str, Any], names: Sequence[str] = ("seed_miou_fixed", "seed_miou_best",
                   "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance")) -> str:
-    """Rounds x metrics of a :func:`summarize` output, every cell by :func:`fmt`."""
-    return markdown_table(["round", *names], ([str(r["round"]), *(fmt(r.get(n)) for n in names)]
-                                              for r in summary["rounds"]))
+    """Rounds x metrics of a :func:`summarize` output (and its oracle row), every cell by :func:`fmt`."""
+    rows = summary["rounds"] + ([summary["oracle"]] if summary.get("oracle") else [])
+    return markdown_table(["round", *names], ([str(r["round"]), *(fmt(r.get(n)) for n in names)] for r in rows))

@@ -277,3 +277,48 @@ def test_cpu_bf16_is_asked_for_by_name_and_stays_close():
     low = compute_cams(model, x, lab, scales=(1.0, 0.5), amp="bf16")
     assert not torch.equal(low, ref)  # it did run in bf16
     assert float((low - ref).abs().max()) < 0.1 and low.dtype == torch.float32
+
+
+def test_resolution_ceiling_is_exact_at_full_resolution_and_coarser_on_a_coarse_grid():
+    from conta_kit.cam.diagnostics import ceiling_cams
+    from conta_kit.cam.pseudo import cams_to_labels
+
+    mask = torch.zeros(1, 16, 16, dtype=torch.long)
+    mask[0, 3:9, 5:12] = 2
+    mask[0, 0, :] = 255
+    labels = torch.tensor([[0.0, 1.0]])
+    full = ceiling_cams(mask, labels, (16, 16))
+    assert full[0, 0].abs().max() == 0  # absent class: zero map
+    pred = cams_to_labels(full, labels, 0.5)[0]
+    valid = mask[0] != 255
+    assert torch.equal(pred[valid], mask[0][valid])  # the grid holds the ground truth exactly
+    coarse = cams_to_labels(ceiling_cams(mask, labels, (2, 2)), labels, 0.5)[0]
+    assert (coarse != mask[0])[valid].any()  # a 2x2 grid cannot
+
+
+def test_cam_localisation_and_surround_leakage_by_hand():
+    from conta_kit.cam.diagnostics import CamLocalisation, SurroundLeakage
+
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[:, 2:4, 2:4] = 1  # class 0: 4 pixels of 64
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    cams = torch.zeros(2, 2, 8, 8)
+    cams[0, 0, 2:4, 2:4] = 1.0  # image 0: on the object only
+    cams[1, 0] = 1.0  # image 1: everywhere, peak at (0, 0), off the object
+    loc = CamLocalisation(2)
+    loc.update(cams, labels, mask)
+    out = loc.compute()
+    assert out["num_pairs"] == 2 and out["cam_mass_in_object"] == pytest.approx((1 + 4 / 64) / 2)
+    assert out["object_pixel_share"] == pytest.approx(4 / 64) and out["cam_peak_on_object"] == 0.5
+
+    surround = torch.zeros(2, 8, 8, dtype=torch.long)
+    surround[:, 4:8, :] = 1  # half the image is class 0's surround
+    paired = torch.tensor([[1.0, -1.0], [0.0, -1.0]])  # image 0 paired, image 1 unpaired
+    cams = torch.zeros(2, 2, 8, 8)
+    cams[0, 0, 4:8, :] = 1.0  # paired: all mass on the surround
+    cams[1, 0] = 1.0  # unpaired: half of it
+    leak = SurroundLeakage(2)
+    leak.update(cams, surround, paired)
+    res = leak.compute()
+    assert res["surround_leakage_paired"] == 1.0 and res["surround_leakage_unpaired"] == 0.5
+    assert res["confounding_leakage"] == 0.5 and res["surround_objects"] == [1, 1]

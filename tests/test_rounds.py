@@ -57,6 +57,21 @@ def test_conta_rounds_artifacts_and_resume(tmp_path):
     assert (r1 / "artifacts" / "attention.pt").exists() and "without_m" in rounds[1]["seed"]
     assert "logit_share_from_m" in rounds[1]["m"]
     assert run.metrics["conta"]["rounds"][1]["seed"]["miou_fixed"] == rounds[1]["seed"]["miou_fixed"]
+    # the interventional oracle: round 0's recipe, its classifier trained on the same layouts at rho = chance
+    oracle = run.metrics["conta"]["oracle"]
+    assert run.layout.oracle.done and oracle["oracle"]["train_rho"] == pytest.approx(0.1) and not oracle["adjusted"]
+    w0 = torch.load(run.layout.round(0).checkpoint("classifier"), weights_only=True)["model"]
+    wo = torch.load(run.layout.oracle.checkpoint("classifier"), weights_only=True)["model"]
+    assert w0.keys() == wo.keys() and any(not torch.equal(w0[k], wo[k]) for k in w0)
+    assert oracle["num_train"] == rounds[0]["num_train"]  # scored on the same images as every round
+    summary = summarize({0: rounds}, {0: oracle})
+    assert summary["oracle"]["seed_miou_best"]["values"] == [oracle["seed"]["miou_best"]]
+    gap0 = summary["rounds"][0].get("gap_seed_miou_best")
+    assert gap0 is None or gap0["mean"] == 0.0  # round 0 is the baseline: no gap closed (None: oracle == baseline)
+    assert "| oracle |" in summary_table(summary)
+    for key in ("ceiling", "localisation", "surround", "best_at_grid_edge", "share_of_ceiling"):
+        assert key in rounds[0]["seed"], key
+    assert 0 < rounds[0]["seed"]["ceiling"]["miou_best"] <= 1 and rounds[0]["seed"]["ceiling"]["grid"] == [8, 8]
     (diag,) = diagnose_prototypes(run.path, cfg)  # round 0's C against C from the ground-truth masks
     assert diag["round"] == 0 and len(diag["cosine"]) == 8 and 0 <= diag["within_cosine_reference"] <= 1
     assert 0 <= diag["x_m_mean_train"] <= 1 and 0 < diag["object_pixel_share_train"] < 1

@@ -15,10 +15,12 @@ from conta_kit.summary import sweep_methods
 
 def test_methods_map_to_arm_and_round():
     m = sweep_methods(2)
-    assert m == {"baseline": ("plain", 0), "CONTA r1": ("plain", 1), "CONTA r2": ("plain", 2),
-                 "W-OoD": ("wood", 0), "CONTA + W-OoD r1": ("wood", 1), "CONTA + W-OoD r2": ("wood", 2)}
+    assert m == {"baseline": ("plain", 0), "oracle": ("plain", "oracle"), "CONTA r1": ("plain", 1),
+                 "CONTA r2": ("plain", 2), "W-OoD": ("wood", 0), "CONTA + W-OoD r1": ("wood", 1),
+                 "CONTA + W-OoD r2": ("wood", 2)}
     cfg = arm_cfg(RunCfg.from_params("smoke"), 0.75, "wood")
-    assert cfg.data.cooccurrence == 0.75 and cfg.wood.finetune == "wood"
+    assert cfg.data.cooccurrence == 0.75 and cfg.wood.finetune == "wood" and not cfg.conta.oracle  # one per cell
+    assert arm_cfg(RunCfg.from_params("smoke"), 0.75, "plain").conta.oracle
     with pytest.raises(ValueError, match="arm"):
         arm_cfg(cfg, 0.5, "both")
 
@@ -36,9 +38,17 @@ def test_summary_means_over_seeds_and_tables(tmp_path):
                 write_json(tmp_path / f"rho_{rho:g}" / arm / f"seed_{s}" / f"round_{t}" / "metrics.json",
                            _round(x + rho, 1.0 - x, [math.nan, x, 2 * x]))
     (tmp_path / "rho_0.9" / "wood" / "seed_1" / "round_1" / "metrics.json").unlink()  # a seed still running
+    for s, x in enumerate((0.2, 0.4)):  # the oracle of rho 0.5, in the plain arm: 0.4 above the baseline
+        write_json(tmp_path / "rho_0.5" / "plain" / f"seed_{s}" / "oracle" / "metrics.json",
+                   _round(x + 0.5 + 0.4, 0.0, [math.nan, x, x]))
     summary = summarize_sweep(tmp_path)
     assert summary["rhos"] == [0.5, 0.9] and summary["rounds"] == 1
-    assert summary["compute_s"] == pytest.approx(10.0 * 15)
+    assert summary["compute_s"] == pytest.approx(10.0 * 17)
+    oracle = summary["methods"]["oracle"]
+    assert set(oracle) == {"0.5"} and oracle["0.5"]["seed_miou_fixed"]["mean"] == pytest.approx(1.2)
+    # W-OoD is 0.3 above each seed's baseline: (0.3) / (0.4) of the gap to the oracle, on every seed
+    assert summary["methods"]["W-OoD"]["0.5"]["gap_seed_miou_fixed"]["values"] == pytest.approx([0.75, 0.75])
+    assert "gap_seed_miou_fixed" not in summary["methods"]["W-OoD"]["0.9"]  # no oracle at rho 0.9
     base = summary["methods"]["baseline"]["0.5"]
     assert base["seed_miou_fixed"]["mean"] == pytest.approx(0.8)
     assert base["seed_miou_fixed"]["std"] == pytest.approx(math.sqrt(0.02))
@@ -76,7 +86,9 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
                  "--runs-root", str(tmp_path), "--no-progress", *_SMALL]) == 0
     (run,) = tmp_path.iterdir()
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m["sweep"]["methods"]) == {"baseline", "CONTA r1", "W-OoD", "CONTA + W-OoD r1"}
+    assert set(m["sweep"]["methods"]) == {"baseline", "oracle", "CONTA r1", "W-OoD", "CONTA + W-OoD r1"}
+    assert (run / "rho_0.5" / "plain" / "seed_0" / "oracle" / "metrics.json").exists()
+    assert not (run / "rho_0.5" / "wood" / "seed_0" / "oracle").exists()  # one oracle per cell
     assert set(m["sweep"]["methods"]["W-OoD"]) == {"0.5", "0.99"}
     for arm, mode in (("plain", "plain"), ("wood", "wood")):
         r0 = json.loads((run / "rho_0.99" / arm / "seed_0" / "round_0" / "metrics.json").read_text())

@@ -1,10 +1,18 @@
 """The embedded benchmark: procedurally generated scenes whose context confounding is a dial.
 
 Scene model (see ``shared/design/benchmark.md``): the image is split into 1-3 vertical strips, one per
-object. Each object stands on a rectangular patch of *context* stuff (water, rail, grass, ...) that
-surrounds it; with probability ``cooccurrence`` (rho) that context is the class's paired context,
-otherwise one drawn uniformly from all the other contexts. A horse may carry a rider (a person that
-overlaps it) at ``rider_rate``. Everything outside the context patches is a neutral backdrop.
+object. Each object stands on a patch of *context* stuff (water, rail, grass, ...); with probability
+``cooccurrence`` (rho) that context is the class's paired context, otherwise one drawn uniformly from all the
+other contexts. A horse may carry a rider (a person that overlaps it) at ``rider_rate``. Everything outside
+the context patches is a neutral backdrop.
+
+Two layouts. ``layout="prior"`` (default): each class has its own size, aspect and vertical band, as in
+photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and wide), and its context
+lies where it does in photos: around flyers (sky, tree), under boats, cars, trains and animals (water, road,
+rail, grass, sand), behind people (wall); the context's geometry is the class's whichever context is drawn,
+so a paired and an unpaired surround differ only in texture. ``layout="uniform"``: one size range for every
+class, the context a rectangle around the object; the class-wise average masks (CONTA's prototypes) are
+alike: the negative control where the adjustment has nothing to attend to (the first layout, exactly).
 
 Sample ``i`` is a pure function of ``(config, seed, split, i)``: it is drawn from its own
 ``numpy.random.Generator`` seeded with that tuple, so image 10,000 needs nothing of images 0..9,999,
@@ -21,10 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._layout import CLASS_PRIORS, context_box, place_prior, place_uniform
 from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_templates
 
 SPLITS = ("train", "val", "shifted", "ood")
 OOD_KINDS = ("hard", "random")
+LAYOUTS = ("prior", "uniform")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
 DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
 
@@ -95,7 +105,9 @@ class ConfoundedScenes(Dataset):
     Each item: ``image`` (3, S, S) float32 in [0, 1]; ``labels`` (C,) float32 multi-hot, equal to the set
     of classes in ``mask``; ``mask`` (S, S) int64, 0 background, k+1 for class index k, 255 ignore;
     ``context_mask`` (S, S) int64, the context id of each visible context pixel, -1 for backdrop and object
-    pixels; ``meta`` dict (index, seed, split, objects with class/context/bbox/rider/paired).
+    pixels; ``surround`` (S, S) int64, k + 1 on the visible context pixels of the object of class k, 0
+    elsewhere, and ``surround_paired`` (C,) float32, 1 where that context is the paired one, 0 unpaired, -1
+    no surround; ``meta`` dict (index, seed, split, objects with class/context/bbox/surround/rider/paired).
     """
 
     def __init__(
@@ -107,12 +119,15 @@ class ConfoundedScenes(Dataset):
         seed: int = 0,
         ood_kind: str = "hard",
         stream: int = 0,
+        layout: str = "prior",
         **options: Any,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if ood_kind not in OOD_KINDS:
             raise ValueError(f"ood_kind must be one of {OOD_KINDS}, got {ood_kind!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if not isinstance(stream, int) or stream < 0:
             raise ValueError(f"stream must be an int >= 0, got {stream!r}")
         if not 0.0 <= float(cooccurrence) <= 1.0:
@@ -142,14 +157,17 @@ class ConfoundedScenes(Dataset):
         # rho is not part of the stream: the same seed gives the same layouts at every rho (only the
         # context draws differ), so sweeps over the confounding dial compare like with like.
         self._stream = (self.seed, code, image_size, zlib.crc32(repr(self.options).encode()))
-        self.stream = stream
+        self.stream, self.layout = stream, layout
         if stream:  # appended only when set, so stream 0 keeps the images the benchmark always had
             self._stream = (*self._stream, stream)
+        if layout != "uniform":  # likewise: the uniform layout draws exactly the samples it always drew
+            self._stream = (*self._stream, zlib.crc32(layout.encode()))
         tex = context_textures(image_size)
         self._ctx_tex = [tex[n] for n in self.context_names]
         self._backdrop, self._noise = tex["backdrop"], tex["noise"]
         self._templates = object_templates()[: self.num_classes]
         self._aspect = [c[2] for c in table]
+        self._prior = [CLASS_PRIORS[c[0]] for c in table]
         self._colours = [np.asarray(c[3], np.float32) for c in table]
         self._horse = self.class_names.index("horse") if "horse" in self.class_names else -1
         self._person = self.class_names.index("person") if "person" in self.class_names else -1
@@ -159,7 +177,8 @@ class ConfoundedScenes(Dataset):
 
     def __repr__(self) -> str:
         return (f"ConfoundedScenes(split={self.split!r}, num_images={self.num_images}, image_size={self.image_size}, "
-                f"cooccurrence={self.cooccurrence}, seed={self.seed}, rho_used={self.rho:.3f})")
+                f"cooccurrence={self.cooccurrence}, seed={self.seed}, layout={self.layout!r}, "
+                f"rho_used={self.rho:.3f})")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -self.num_images <= index < self.num_images:
@@ -167,11 +186,22 @@ class ConfoundedScenes(Dataset):
         index = index % self.num_images if self.num_images else index
         image, mask, ctx, objects = self.render(index)
         counts = np.bincount(mask.ravel(), minlength=256)[1 : self.num_classes + 1]
+        surround = np.zeros(mask.shape, np.int64)
+        paired = np.full(self.num_classes, -1.0, np.float32)
+        for o in objects:  # each object's own context surround (boxes of different objects do not overlap)
+            if o["surround"] is None or o["context"] < 0 or counts[o["class"]] == 0:
+                continue
+            y0, y1, x0, x1 = o["surround"]
+            region = ctx[y0:y1, x0:x1] == o["context"]
+            surround[y0:y1, x0:x1][region] = o["class"] + 1
+            paired[o["class"]] = float(o["paired"])
         return {
             "image": torch.from_numpy(image),
             "labels": torch.from_numpy((counts > 0).astype(np.float32)),
             "mask": torch.from_numpy(mask.astype(np.int64)),
             "context_mask": torch.from_numpy(ctx.astype(np.int64)),
+            "surround": torch.from_numpy(surround),
+            "surround_paired": torch.from_numpy(paired),
             "meta": {"index": index, "seed": self.seed, "split": self.split, "objects": objects},
         }
 
@@ -214,25 +244,21 @@ class ConfoundedScenes(Dataset):
             else:
                 context = other + (other >= self.paired_context[c])
             x0s, x1s = int(edges[j]), int(edges[j + 1])
-            h = int(round(rng.uniform(*opt.object_size) * s))
-            w = int(round(h * self._aspect[c] * rng.uniform(0.85, 1.15)))
-            if w > (x1s - x0s) * 1.15:  # keep the object roughly inside its strip
-                h = max(6, int(h * (x1s - x0s) * 1.15 / w))
-                w = int((x1s - x0s) * 1.15)
-            h, w = max(h, 6), max(w, 6)
-            cx = rng.uniform(x0s + w / 2 - 0.1 * w, x1s - w / 2 + 0.1 * w) if x1s - x0s > w else (x0s + x1s) / 2
-            cy = rng.uniform(0.3 * s + h / 2 * 0.2, s - h / 2)
-            y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
-            margin = rng.uniform(*opt.context_margin)
-            my, mx = int(margin * h) + 2, int(margin * w) + 2
+            if self.layout == "uniform":
+                y0, x0, h, w = place_uniform(rng, s, opt.object_size, self._aspect[c], x0s, x1s)
+                margin = rng.uniform(*opt.context_margin)
+                my, mx = int(margin * h) + 2, int(margin * w) + 2
+                box = (max(y0 - my, 0), min(y0 + h + my, s), max(x0 - mx, x0s, 0), min(x0 + w + mx, x1s, s))
+            else:
+                y0, x0, h, w = place_prior(rng, s, self._prior[c], self._aspect[c], x0s, x1s)
+                box = context_box(rng, s, self._prior[c][2], y0, x0, h, w, x0s, x1s)
             if context >= 0:
-                cy0, cy1 = max(y0 - my, 0), min(y0 + h + my, s)
-                cx0, cx1 = max(x0 - mx, x0s, 0), min(x0 + w + mx, x1s, s)
+                cy0, cy1, cx0, cx1 = box
                 ty, tx = rng.integers(0, s, size=2)
                 image[:, cy0:cy1, cx0:cx1] = self._ctx_tex[context][:, ty + cy0 : ty + cy1, tx + cx0 : tx + cx1]
                 ctx[cy0:cy1, cx0:cx1] = context
             flip = bool(rng.random() < 0.5)
-            objects.append({"class": c, "context": context, "bbox": (y0, x0, y0 + h, x0 + w),
+            objects.append({"class": c, "context": context, "bbox": (y0, x0, y0 + h, x0 + w), "surround": box,
                             "rider": False, "paired": context == self.paired_context[c]})
             placed.append((c, y0, x0, h, w, flip))
             if c == self._horse and rider:
@@ -240,7 +266,7 @@ class ConfoundedScenes(Dataset):
                 py0 = y0 + int(0.55 * h) - ph  # legs overlap the horse's back
                 px0 = x0 + int(w * rng.uniform(0.25, 0.55)) - pw // 2
                 objects.append({"class": self._person, "context": -1, "bbox": (py0, px0, py0 + ph, px0 + pw),
-                                "rider": True, "paired": False})
+                                "surround": None, "rider": True, "paired": False})
                 placed.append((self._person, py0, px0, ph, pw, False))
 
         if self.split != "ood":
@@ -292,35 +318,3 @@ def _ignore_band(mask: np.ndarray, width: int) -> None:
         grown[:, :-1] |= band[:, 1:]
         band = grown
     mask[band] = 255
-
-
-def scene_splits(data_cfg: Any, seed: int = 0, splits: tuple[str, ...] = SPLITS) -> dict[str, ConfoundedScenes]:
-    """The benchmark's splits for a :class:`~conta_kit.config.DataCfg` (``ood`` is the hard kind;
-    ``ood_random`` is added when "ood" is asked for)."""
-    out: dict[str, ConfoundedScenes] = {}
-    for split in splits:
-        n = getattr(data_cfg, f"num_{split}")
-        kw = dict(num_images=n, image_size=data_cfg.image_size, cooccurrence=data_cfg.cooccurrence, seed=seed,
-                  rider_rate=data_cfg.rider_rate)
-        out[split] = ConfoundedScenes(split, **kw)
-        if split == "ood":
-            out["ood_random"] = ConfoundedScenes(split, ood_kind="random", **kw)
-    return out
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors of a list of items; ``meta`` stays a list (its lengths vary per image)."""
-    if not items:
-        raise ValueError("collate needs at least one item")
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        values = [it[key] for it in items]
-        if isinstance(values[0], torch.Tensor):
-            shapes = {tuple(v.shape) for v in values}
-            if len(shapes) > 1:
-                raise ValueError(f"cannot stack {key!r}: items have different shapes {sorted(shapes)}; "
-                                 "resize or crop them to one size first")
-            out[key] = torch.stack(values)
-        else:
-            out[key] = values
-    return out

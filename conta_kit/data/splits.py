@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from ..config import RunCfg
+from ..config import DataCfg, RunCfg
 from .folder import COCOSegmentation, VOCSegmentation
-from .scenes import ConfoundedScenes, scene_splits
+from .scenes import SPLITS, ConfoundedScenes
 from .transforms import Resize
 
 
@@ -15,13 +15,42 @@ def load_splits(cfg: RunCfg) -> dict[str, Dataset]:
     """train/val (+ shifted/ood for the benchmark) for the configured data source."""
     if cfg.data_source == "scenes":
         splits: dict[str, Dataset] = dict(scene_splits(cfg.data, seed=cfg.seed))
+        d = cfg.data
+        if d.classifier_images is not None and d.classifier_images > d.num_train:  # a superset of train
+            splits["classifier_train"] = ConfoundedScenes("train", num_images=d.classifier_images,
+                                                          image_size=d.image_size, cooccurrence=d.cooccurrence,
+                                                          seed=cfg.seed, rider_rate=d.rider_rate, layout=d.layout)
         w = cfg.wood
         if w.finetune == "wood":  # W-OoD's training pool: background-only images, disjoint from split "ood"
             splits["wood_pool"] = ConfoundedScenes("ood", num_images=w.num_pool, image_size=cfg.data.image_size,
                                                    cooccurrence=cfg.data.cooccurrence, seed=cfg.seed,
                                                    ood_kind="hard" if w.pool == "hard" else "random", stream=1,
-                                                   rider_rate=cfg.data.rider_rate)
+                                                   rider_rate=cfg.data.rider_rate, layout=cfg.data.layout)
         return splits
     cls = VOCSegmentation if cfg.data_source == "voc" else COCOSegmentation
     t = Resize(cfg.data.image_size)
     return {"train": cls(cfg.data_root, "train", transform=t), "val": cls(cfg.data_root, "val", transform=t)}
+
+
+def oracle_train(cfg: RunCfg) -> ConfoundedScenes:
+    """The oracle's training images: the train split's images and layouts with the contexts drawn at chance
+    (rho = 1 / number of contexts), i.e. the generator's intervention do(X)."""
+    d = cfg.data
+    train = ConfoundedScenes("train", num_images=0, layout=d.layout)
+    return ConfoundedScenes("train", num_images=d.classifier_images or d.num_train, image_size=d.image_size,
+                            cooccurrence=1.0 / train.num_contexts, seed=cfg.seed, rider_rate=d.rider_rate,
+                            layout=d.layout)
+
+
+def scene_splits(data_cfg: DataCfg, seed: int = 0, splits: tuple[str, ...] = SPLITS) -> dict[str, ConfoundedScenes]:
+    """The benchmark's splits for a :class:`~conta_kit.config.DataCfg` (``ood`` is the hard kind;
+    ``ood_random`` is added when "ood" is asked for)."""
+    out: dict[str, ConfoundedScenes] = {}
+    for split in splits:
+        n = getattr(data_cfg, f"num_{split}")
+        kw = dict(num_images=n, image_size=data_cfg.image_size, cooccurrence=data_cfg.cooccurrence, seed=seed,
+                  rider_rate=data_cfg.rider_rate, layout=data_cfg.layout)
+        out[split] = ConfoundedScenes(split, **kw)
+        if split == "ood":
+            out["ood_random"] = ConfoundedScenes(split, ood_kind="random", **kw)
+    return out

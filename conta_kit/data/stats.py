@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .scenes import ConfoundedScenes, collate
+from .scenes import ConfoundedScenes
+from .transforms import collate
 
 
 def _ring(obj: torch.Tensor, width: int) -> torch.Tensor:

@@ -72,7 +72,8 @@ def random_flip(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_FILL = {"mask": 255, "gt_mask": 255, "context_mask": -1}  # padding values; everything else (image, x_m) 0
+# padding values of the maps; everything else (image, x_m) is padded with 0
+_FILL = {"mask": 255, "gt_mask": 255, "context_mask": -1, "surround": 0}
 
 
 def joint_augment(batch: dict[str, Any], *, flip: bool = True, scale: tuple[float, float] = (1.0, 1.0),
@@ -111,4 +112,22 @@ def joint_augment(batch: dict[str, Any], *, flip: bool = True, scale: tuple[floa
         xs = torch.randint(0, w - crop + 1, (out["image"].shape[0],)).tolist()
         for k in keys:
             out[k] = torch.stack([v[..., y:y + crop, x:x + crop] for v, y, x in zip(out[k], ys, xs)])
+    return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors of a list of items; ``meta`` stays a list (its lengths vary per image)."""
+    if not items:
+        raise ValueError("collate needs at least one item")
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot stack {key!r}: items have different shapes {sorted(shapes)}; "
+                                 "resize or crop them to one size first")
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
     return out

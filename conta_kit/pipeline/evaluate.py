@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..cam import cams_to_pseudo_masks, compute_cams, foreground_argmax
+from ..cam.diagnostics import CamLocalisation, SurroundLeakage, ceiling_cams
 from ..config import RunCfg
 from ..infer import batches
 from ..metrics import BoundaryFScore, ConfusionMatrix, ContextLeakage
@@ -18,12 +19,16 @@ from ..models import fold_batchnorm
 @torch.no_grad()
 def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresholds: tuple[float, ...],
                   device: torch.device, paired: tuple[int, ...] | None, progress: bool = True,
-                  keep_pseudo: bool = False, bf_thresholds: tuple[float, ...] = (), m_term: bool | str = True
-                  ) -> dict[str, Any]:
+                  keep_pseudo: bool = False, bf_thresholds: tuple[float, ...] = (), m_term: bool | str = True,
+                  grid: tuple[int, int] | None = None) -> dict[str, Any]:
     """Seed mIoU for every threshold, CAM leakage, classification scores and (optionally) pseudo-masks.
 
     Boundary F is computed at ``bf_thresholds`` only. Items with ``x_m`` feed a CONTA classifier;
     ``m_term="both"`` also scores the CAMs without the M term (``cms_without_m``, ``leakage_without_m``).
+    Diagnostics beside the scores (:mod:`conta_kit.cam.diagnostics`): where the CAM mass and peaks fall
+    (``localisation``), with ``grid`` (the classifier's feature grid) the resolution ceiling's seed mIoU at
+    every threshold (``ceiling_cms``), and on the benchmark the surround leakage split by paired / unpaired
+    context (``surround``).
     """
     b = cfg.baseline
     n_labels = dataset.num_classes + 1
@@ -35,6 +40,9 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
     leak_off = ContextLeakage(paired) if paired is not None and both else None
     pseudo_cm, pseudo_cm_lab = ConfusionMatrix(n_labels), ConfusionMatrix(n_labels)
     pseudo, scores, targets, covered, total = [], [], [], 0, 0
+    ceiling = {t: ConfusionMatrix(n_labels) for t in thresholds} if grid is not None else {}
+    local = CamLocalisation(dataset.num_classes)
+    surround = SurroundLeakage(dataset.num_classes) if paired is not None else None
     fast = fold_batchnorm(model)  # inference copy: batch norm folded into the convolutions, NHWC, AMP on CUDA
     for batch in batches(dataset, b.eval_batch_size, device, "CAMs", progress):
         x_m = batch.get("x_m")
@@ -44,7 +52,11 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
         out = compute_cams(fast, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
                            m_term=m_term, channels_last=True, amp="auto")
         cams, cams_off = out if both else (out, None)
-        for runs, c in ((cms, cams), (cms_off, cams_off)):
+        local.update(cams, batch["labels"], batch["mask"])
+        if surround is not None and "surround" in batch:
+            surround.update(cams, batch["surround"], batch["surround_paired"])
+        ceiling_maps = ceiling_cams(batch["mask"], batch["labels"], grid) if ceiling else None
+        for runs, c in ((cms, cams), (cms_off, cams_off), (ceiling, ceiling_maps)):
             if not runs:
                 continue
             score, ids = foreground_argmax(c, batch["labels"])
@@ -69,7 +81,10 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
     res: dict[str, Any] = {
         "by_threshold": {str(t): {"miou": cms[t].compute()["miou"]} for t in thresholds},
         "scores": torch.cat(scores), "targets": torch.cat(targets), "cms": cms, "bf": bf, "cms_without_m": cms_off,
+        "ceiling_cms": ceiling, "localisation": local.compute(),
     }
+    if surround is not None:
+        res["surround"] = surround.compute()
     if leak is not None:
         res["leakage"] = leak.compute()
         if leak_off is not None:

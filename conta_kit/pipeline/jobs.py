@@ -64,9 +64,19 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
     paths = {s: str(seed_run(run, replace(cfg, seed=s)).path) for s in seeds}
     src = {s: str(RunLayout(round0_from).seed(s).path) for s in seeds} if round0_from is not None else {}
     results = run_jobs([(replace(cfg, seed=s), paths[s], src.get(s)) for s in seeds], jobs, progress=progress)
-    summary = summarize(dict(zip(seeds, results)))
+    summary = summarize(dict(zip(seeds, results)), seed_oracles(run))
     run.log_metrics("summary", summary)
     return summary
+
+
+def seed_oracles(run: Run) -> dict[int, dict[str, Any]]:
+    """The oracle metrics of every seed folder of ``run`` that has them."""
+    out = {}
+    for s in run.layout.seeds():
+        oracle = Run(run.layout.seed(s).path).metrics.get("conta", {}).get("oracle")
+        if oracle:
+            out[s] = oracle
+    return out
 
 
 def load_summary(run_dir: str | Path, partial: bool = False) -> dict[str, Any]:
@@ -85,5 +95,5 @@ def load_summary(run_dir: str | Path, partial: bool = False) -> dict[str, Any]:
             if rounds:
                 per_seed[s] = rounds
         if per_seed:
-            return {**summarize(per_seed), "partial": True}
+            return {**summarize(per_seed, seed_oracles(run)), "partial": True}
     raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")

@@ -11,6 +11,7 @@ the round's folder (:class:`~conta_kit.io.RoundLayout`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,17 +51,19 @@ def _augment(cfg: RunCfg) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def train_classifier(cfg: RunCfg, rnd: RoundLayout, data: dict[str, Dataset], device: torch.device, *,
                      confounders: ConfounderSet | None, previous: RoundLayout | None, round_index: int,
                      progress: bool, resume: bool) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    """The round's classifier, seeded the same in every round, trained on ``data["train"]`` (resumable)."""
+    """The round's classifier, seeded the same in every round, trained on ``data["train"]`` (resumable;
+    ``data["classifier_train"]`` instead where given: more images of the generator, or the oracle's)."""
     b = cfg.baseline
     torch.manual_seed(cfg.seed)  # every round's classifier starts from the same initialisation
-    model = build_round_classifier(cfg, data["train"].num_classes, confounders)
+    train = data.get("classifier_train", data["train"])
+    model = build_round_classifier(cfg, train.num_classes, confounders)
     if confounders is not None and cfg.conta.init == "previous" and previous is not None \
             and previous.final_classifier.exists():
         start_from_previous(model, previous, round_index)
     tcfg = TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
                     seed=cfg.seed, num_workers=b.num_workers)
     augment = _augment(cfg)
-    hist = fit(model, data["train"], lambda m, batch: multilabel_loss(m, augment(batch)), tcfg, device=device,
+    hist = fit(model, train, lambda m, batch: multilabel_loss(m, augment(batch)), tcfg, device=device,
                collate_fn=collate, ckpt_dir=rnd.checkpoint_dir("classifier"), resume=resume, progress=progress,
                desc=f"classifier r{round_index}")
     return model, hist
@@ -70,15 +73,20 @@ def score_seeds(cfg: RunCfg, model: torch.nn.Module, data: dict[str, Dataset], d
                 adjusted: bool, paired: tuple[int, ...] | None, progress: bool) -> tuple[dict[str, Any], dict]:
     """CAMs on val choose the threshold; CAMs on train give the seed scores and the pseudo-masks.
 
+    Beside the seed scores: the resolution ceiling (ground truth pooled to the feature grid, its threshold
+    chosen on val the same way), where CAM mass and peaks fall, and the surround leakage by pairing.
     Returns the round's ``seed`` metrics and the train evaluation (``pseudo``, ``pseudo_metrics``, scores).
     """
     b = cfg.baseline
     m_term = "both" if adjusted else True
-    val = evaluate_cams(model, data["val"], cfg, b.threshold_grid, device, paired, progress, m_term=m_term)
+    grid = feature_grid(model, cfg)
+    val = evaluate_cams(model, data["val"], cfg, b.threshold_grid, device, paired, progress, m_term=m_term,
+                        grid=grid)
     best_t = max(b.threshold_grid, key=lambda t: val["by_threshold"][str(t)]["miou"])
-    thresholds = tuple(sorted({b.bg_threshold, best_t}))
+    best_ceiling = max(b.threshold_grid, key=lambda t: val["ceiling_cms"][t].compute()["miou"])
+    thresholds = tuple(sorted({b.bg_threshold, best_t, best_ceiling}))
     tr = evaluate_cams(model, data["train"], cfg, thresholds, device, paired, progress, keep_pseudo=True,
-                       bf_thresholds=thresholds, m_term=m_term)
+                       bf_thresholds=tuple(sorted({b.bg_threshold, best_t})), m_term=m_term, grid=grid)
     tr["val"] = val
     fixed = tr["cms"][b.bg_threshold].compute()
     seed = {
@@ -88,7 +96,20 @@ def score_seeds(cfg: RunCfg, model: torch.nn.Module, data: dict[str, Dataset], d
         "val_sweep": val["by_threshold"], "per_class_iou_fixed": fixed["iou"],
         "per_class_precision_fixed": fixed["precision"], "per_class_recall_fixed": fixed["recall"],
         "mean_precision_fixed": fixed["mean_precision"], "mean_recall_fixed": fixed["mean_recall"],
+        "best_at_grid_edge": best_t in (min(b.threshold_grid), max(b.threshold_grid)),
+        "ceiling": {"grid": list(grid), "miou_fixed": tr["ceiling_cms"][b.bg_threshold].compute()["miou"],
+                    "miou_best": tr["ceiling_cms"][best_ceiling].compute()["miou"],
+                    "best_threshold_on_val": best_ceiling,
+                    "val_sweep": {str(t): val["ceiling_cms"][t].compute()["miou"] for t in b.threshold_grid}},
+        "localisation": tr["localisation"],
     }
+    seed["share_of_ceiling"] = seed["miou_best"] / seed["ceiling"]["miou_best"] if seed["ceiling"]["miou_best"] \
+        else math.nan
+    if best_t in (min(b.threshold_grid), max(b.threshold_grid)):
+        log.warning("the best seed threshold on val, %s, is at the edge of threshold_grid %s: extend the grid",
+                    best_t, b.threshold_grid)
+    if "surround" in tr:
+        seed["surround"] = tr["surround"]
     if paired is not None:
         seed["cam_leakage"] = tr["leakage"]["cam_leakage"]
         seed["cam_leakage_per_class"] = tr["leakage"]["cam_leakage_per_class"]
@@ -137,13 +158,15 @@ def train_segmenter(cfg: RunCfg, rnd: RoundLayout, train: Dataset, pseudo: torch
 def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, progress: bool = True,
               resume: bool = False, confounders: ConfounderSet | None = None,
               x_m: dict[str, torch.Tensor] | None = None, previous: RoundLayout | None = None,
-              next_round: bool = False, round_index: int = 0) -> dict[str, Any]:
+              next_round: bool = False, round_index: int = 0, classifier_train: Dataset | None = None
+              ) -> dict[str, Any]:
     """One round into ``rnd``: classifier -> CAMs -> pseudo-masks -> segmenter (-> x_m and C for the next).
 
     Round 0 (``confounders=None``) is the baseline. With a confounder set and ``x_m`` (split -> (N, H, W)
     uint8 masks from ``previous``'s segmenter) the classifier is a ContaClassifier. ``next_round=True``
     predicts masks on every split with the new segmenter and saves ``rnd.x_m`` and ``rnd.confounders``.
-    Returns the round's metrics.
+    ``classifier_train``: the images the classifier (and its fine-tuning) trains on, when they are not the
+    scored train split (the oracle's, at rho = chance). Returns the round's metrics.
     """
     device = torch.device(resolve_device(cfg.device))
     train = splits["train"]
@@ -152,6 +175,10 @@ def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, prog
     if adjusted and (x_m is None or any(k not in x_m for k in splits)):
         raise ValueError(f"an adjusted round needs x_m for every split {sorted(splits)}, got {sorted(x_m or {})}")
     data = {k: WithXm(v, x_m[k]) if adjusted else v for k, v in splits.items()}
+    if classifier_train is not None:
+        if adjusted:
+            raise ValueError("classifier_train is for round 0 recipes (the oracle), not adjusted rounds")
+        data["classifier_train"] = classifier_train
     timing: dict[str, float] = {}
     clock = time.perf_counter()
     t0 = clock
@@ -166,7 +193,8 @@ def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, prog
     lap("classifier_s")
     extra: dict[str, Any] = {}
     if cfg.wood.finetune != "off":  # W-OoD, or the same extra epochs without it (the fair baseline)
-        extra["finetune"] = finetune_classifier(cfg, model, data, rnd, device, _augment(cfg), progress=progress,
+        ft_data = {**data, "train": data.get("classifier_train", data["train"])}
+        extra["finetune"] = finetune_classifier(cfg, model, ft_data, rnd, device, _augment(cfg), progress=progress,
                                                 resume=resume, round_index=round_index)
         lap("finetune_s")
     seed, cams = score_seeds(cfg, model, data, device, adjusted=adjusted, paired=paired, progress=progress)

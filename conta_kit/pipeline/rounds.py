@@ -22,7 +22,7 @@ import torch
 
 from .. import distributed
 from ..config import RunCfg, WOoDConfig, resolve_device
-from ..data.splits import load_splits
+from ..data.splits import load_splits, oracle_train
 from ..io import RoundLayout, Run, RunLayout, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
 from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid
@@ -134,15 +134,40 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
         if t < last:
             conf = ConfounderSet.load(rnd.confounders)
             x_m = torch.load(rnd.x_m, map_location="cpu", weights_only=True)
+    if cfg.conta.oracle and cfg.data_source == "scenes":
+        oracle = run_oracle(cfg, run, splits, progress)
+        run.log_metrics("conta", {"rounds": rounds, "oracle": oracle, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()
     return rounds
 
 
-def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int,
+def run_oracle(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """The interventional oracle into ``run/oracle/``: round 0's recipe (same network, budget, seed and
+    image layouts; W-OoD fine-tuning becomes its plain twin) with the classifier trained on images whose
+    contexts are drawn at chance, scored on the same splits as every round. Resumable; returns its metrics."""
+    rnd = run.layout.oracle
+    if rnd.done:
+        return read_json(rnd.metrics)
+    rnd.path.mkdir(exist_ok=True)
+    ocfg = replace(cfg, wood=replace(cfg.wood, finetune="plain")) if cfg.wood.finetune == "wood" else cfg
+    m = run_round(ocfg, rnd, {k: v for k, v in splits.items() if k != "wood_pool"}, progress=progress,
+                  resume=True, classifier_train=oracle_train(cfg), round_index=0)
+    m["oracle"] = {"train_rho": oracle_train(cfg).rho}
+    write_json(rnd.metrics, m)
+    return m
+
+
+def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int | str,
                           num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
-    """The trained classifier of a round (a plain classifier for round 0, else a ContaClassifier built with
-    the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8; None for round 0)."""
+    """The trained classifier of a round (a plain classifier for round 0 and for ``"oracle"``, else a
+    ContaClassifier built with the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8;
+    None for round 0 and the oracle)."""
     layout = RunLayout(seed_dir)
     conf, x_m = None, None
+    if round_index == "oracle":
+        model = build_round_classifier(cfg, num_classes, None, load_pretrained=False)
+        load_checkpoint(model, layout.oracle.final_classifier)
+        return model.eval(), None
     if round_index > 0:
         prev = layout.round(round_index - 1)
         conf = ConfounderSet.load(prev.confounders)

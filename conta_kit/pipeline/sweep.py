@@ -30,7 +30,17 @@ from ..config import DataCfg, RunCfg
 from ..data import collate
 from ..data.splits import load_splits
 from ..io import Run, RunLayout, read_json
-from ..summary import finite, fmt, markdown_table, mean_std, metric_value, nanmean, sweep_methods
+from ..summary import (
+    GAP_METRICS,
+    finite,
+    fmt,
+    gap_closed,
+    markdown_table,
+    mean_std,
+    metric_value,
+    nanmean,
+    sweep_methods,
+)
 from .jobs import run_jobs
 from .rounds import load_round_classifier, seed_run
 
@@ -39,15 +49,18 @@ log = logging.getLogger(__name__)
 ARMS = ("plain", "wood")
 #: what the sweep reports per method and rho (names of :data:`~conta_kit.summary.METRICS`)
 SWEEP_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage", "seed_bf_fixed",
-                 "seed_precision_fixed", "seed_recall_fixed", "context_reliance", "ood_fp_rate", "ood_fp_rate_random")
+                 "seed_precision_fixed", "seed_recall_fixed", "context_reliance", "ood_fp_rate", "ood_fp_rate_random",
+                 "ceiling_miou_best", "seed_share_of_ceiling", "cam_mass_in_object", "object_pixel_share",
+                 "cam_peak_on_object", "confounding_leakage")
 PER_CLASS = {"precision": ("seed", "per_class_precision_fixed"), "recall": ("seed", "per_class_recall_fixed")}
 
 
 def arm_cfg(cfg: RunCfg, rho: float, arm: str) -> RunCfg:
-    """``cfg`` at cooccurrence ``rho`` with the arm's fine-tuning stage."""
+    """``cfg`` at cooccurrence ``rho`` with the arm's fine-tuning stage (the oracle runs in the plain arm)."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    return replace(cfg, data=replace(cfg.data, cooccurrence=float(rho)), wood=replace(cfg.wood, finetune=arm))
+    return replace(cfg, data=replace(cfg.data, cooccurrence=float(rho)), wood=replace(cfg.wood, finetune=arm),
+                   conta=replace(cfg.conta, oracle=cfg.conta.oracle and arm == "plain"))  # one oracle per cell
 
 
 def _arm_run(root: Path, rho: float, arm: str) -> Run:
@@ -99,17 +112,31 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
                   if (p / "metrics.json").exists()), default=0)
     table: dict[str, dict[str, Any]] = {}
     seconds = 0.0
+
+    def finished(rho: float, arm: str, t: int | str) -> dict[int, dict[str, Any]]:
+        cell_layout = layout.sweep_arm(rho, arm)
+        out = {}
+        for s in cell_layout.seeds():
+            seed = cell_layout.seed(s)
+            rnd = seed.oracle if t == "oracle" else seed.round(t)
+            if rnd.done:
+                out[s] = read_json(rnd.metrics)
+        return out
+
     for name, (arm, t) in sweep_methods(rounds).items():
         for rho in rhos:
-            per_seed = []
-            cell_layout = layout.sweep_arm(rho, arm)
-            for s in cell_layout.seeds():
-                rnd = cell_layout.seed(s).round(t)
-                if rnd.done:
-                    per_seed.append(read_json(rnd.metrics))
+            by_seed = finished(rho, arm, t)
+            per_seed = list(by_seed.values())
             if not per_seed:
                 continue
             cell: dict[str, Any] = {"num_seeds": len(per_seed)}
+            base, oracle = finished(rho, "plain", 0), finished(rho, "plain", "oracle")
+            for metric in GAP_METRICS:  # per seed, against that seed's baseline and oracle
+                vals = finite(gap_closed(metric_value(m, metric), metric_value(base[s], metric),
+                                         metric_value(oracle[s], metric))
+                              for s, m in by_seed.items() if s in base and s in oracle)
+                if vals:
+                    cell[f"gap_{metric}"] = mean_std(vals)
             for metric in SWEEP_METRICS:
                 vals = finite(metric_value(m, metric) for m in per_seed)
                 if vals:
@@ -119,8 +146,9 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
                 if lists:
                     cell[f"per_class_{key}"] = [nanmean([row[i] for row in lists]) for i in range(len(lists[0]))]
             table.setdefault(name, {})[f"{rho:g}"] = cell
-    for f in root.glob("rho_*/*/seed_*/round_*/metrics.json"):
-        seconds += read_json(f).get("timing", {}).get("total_s", 0.0)
+    for pattern in ("rho_*/*/seed_*/round_*/metrics.json", "rho_*/*/seed_*/oracle/metrics.json"):
+        for f in root.glob(pattern):
+            seconds += read_json(f).get("timing", {}).get("total_s", 0.0)
     return {"rhos": rhos, "rounds": rounds, "methods": table, "compute_s": seconds}
 
 
@@ -137,14 +165,21 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
     for metric, title in (("seed_miou_fixed", "Seed (CAM) mIoU on train, fixed threshold"),
                           ("seed_miou_best", "Seed mIoU, threshold chosen on val"),
                           ("pseudo_miou", "Pseudo-mask mIoU on train"),
-                          ("cam_leakage", "CAM leakage onto the paired context (lower is better)")):
+                          ("cam_leakage", "CAM leakage onto the paired context (lower is better)"),
+                          ("confounding_leakage", "Confounding leakage: CAM mass on the own surround when it is "
+                           "the paired context minus when unpaired (lower is better)"),
+                          ("gap_seed_miou_best", "Share of the baseline-to-oracle gap closed, seed mIoU at the "
+                           "val threshold (0 = baseline, 1 = oracle)"),
+                          ("ceiling_miou_best", "Resolution ceiling: ground truth pooled to the feature grid, "
+                           "scored like the seeds")):
         rows = ([name, *(fmt((cells.get(r) or {}).get(metric)) for r in rhos)] for name, cells in _ordered(summary))
         out.append(f"**{title}**\n\n" + markdown_table(["method", *(f"rho {r}" for r in rhos)], rows))
     if detail_rho is None:
         detail_rho = default_detail_rho(summary)
     r = f"{detail_rho:g}"
     names = ("seg_miou", "seed_bf_fixed", "seed_precision_fixed", "seed_recall_fixed", "context_reliance",
-             "ood_fp_rate", "ood_fp_rate_random")
+             "ood_fp_rate", "ood_fp_rate_random", "cam_peak_on_object", "cam_mass_in_object", "object_pixel_share",
+             "gap_pseudo_miou", "gap_context_reliance")
     out.append(f"**All metrics at rho {r}** (precision/recall: mean over classes of the seed masks at the fixed "
                "threshold; context reliance: mAP on val minus mAP on shifted; OoD FP: share of held-out "
                "background-only images with a class probability > 0.5)\n\n"

@@ -93,6 +93,21 @@ def plot_pairing(rhos: Sequence[float], measured: Sequence[float], chance: float
     return fig
 
 
+def plot_layout(heights: Sequence[Sequence[float]], centres: Sequence[Sequence[float]], names: Sequence[str],
+                title: str = "where each class sits (from the ground-truth masks)") -> Figure:
+    """Per class, the spread of object heights and of vertical centres (fractions of the image side; 0 = top)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.45 * len(names) + 1.2), sharey=True)
+    for ax, data, label in ((axes[0], heights, "object height / image side"),
+                            (axes[1], centres, "vertical centre / image side (0 = top)")):
+        ax.boxplot([list(d) if len(d) else [np.nan] for d in data], vert=False, widths=0.6, showfliers=False)
+        ax.set_yticks(range(1, len(names) + 1), names)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_class_bars(values: Sequence[float], names: Sequence[str], ylabel: str, title: str = "") -> Figure:
     """Bar chart of one number per class (NaN bars are left empty)."""
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(names), 3.0))

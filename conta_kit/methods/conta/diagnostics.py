@@ -1,5 +1,5 @@
 """How good a run's confounder sets are: each round's C against the prototypes built the same way from the
-ground-truth training masks, and how alike its prototypes are."""
+ground-truth training masks, and how alike its prototypes are; and what a dataset's layout offers them."""
 
 from __future__ import annotations
 
@@ -51,3 +51,30 @@ def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list
             row["object_pixel_share_train"] = object_share
         out.append(row)
     return out
+
+
+def layout_statistics(dataset: Any, grid: tuple[int, int], max_images: int | None = 1000,
+                      batch_size: int = 256) -> dict[str, Any]:
+    """What CONTA's confounders can see in a dataset's layout: the prototypes built from its ground-truth
+    masks on ``grid`` (the classifier's feature grid) and how alike they are (mean pairwise cosine; near 1
+    leaves the attention nothing to choose between), and per class the objects' heights and vertical centres
+    (fractions of the image side), read from the masks."""
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    heights: list[list[float]] = [[] for _ in range(dataset.num_classes)]
+    centres: list[list[float]] = [[] for _ in range(dataset.num_classes)]
+
+    def masks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, n, batch_size):
+            b = collate([dataset[j] for j in range(i, min(i + batch_size, n))])
+            side = b["mask"].shape[-2]
+            for m, lab in zip(b["mask"], b["labels"]):
+                for k in torch.nonzero(lab).flatten().tolist():
+                    rows = torch.nonzero((m == k + 1).any(1)).flatten().float()
+                    heights[k].append(float(rows.max() - rows.min() + 1) / side)
+                    centres[k].append(float(rows.mean() + 0.5) / side)
+            yield b["mask"], b["labels"]
+
+    conf = build_confounder_set(masks(), dataset.num_classes, grid)
+    q = prototype_quality(conf, conf)
+    return {"grid": list(grid), "num_images": n, "prototype_cosine": q["within_cosine"],
+            "prototypes": conf.prototypes, "heights": heights, "centres_y": centres}

@@ -1,0 +1,113 @@
+"""What a CAM can and does show, beside its seed score.
+
+* :func:`ceiling_cams`: the *resolution ceiling*. A CAM is no sharper than the classifier's feature grid; the
+  ground truth average-pooled to that grid and upsampled the way CAMs are (bilinear, normalised by its max)
+  is the best "CAM" that grid can hold. Scored by the same seed code, it bounds every seed score.
+* :class:`CamLocalisation`: the share of a class's CAM mass inside its own object (to read against the
+  object's share of the image: equal means no localisation) and the share of CAM peaks on the object.
+* :class:`SurroundLeakage`: CAM mass on an object's own context surround, split by whether that surround is
+  the class's paired context or an unpaired one. The geometry of the surround is the same either way (the
+  generator draws it from the class), so ``paired - unpaired`` is the part of the leakage that comes from
+  confounding, not from blur.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .analytic import normalize_cams
+
+
+def _onehot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) label map (0 background, k + 1 class k, 255 ignore) -> (B, C, H, W) float object planes."""
+    ids = torch.arange(1, num_classes + 1, device=mask.device)
+    return (mask[:, None] == ids[None, :, None, None]).float()
+
+
+@torch.no_grad()
+def ceiling_cams(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The resolution ceiling's "CAMs" (B, C, H, W) in [0, 1]: each class's ground-truth plane average-pooled
+    to ``grid`` (the classifier's feature grid), upsampled bilinearly to the image and normalised like a CAM
+    (absent classes zero)."""
+    if mask.dim() != 3 or labels.dim() != 2 or labels.shape[0] != mask.shape[0]:
+        raise ValueError(f"mask must be (B, H, W) and labels (B, C), got {tuple(mask.shape)}, {tuple(labels.shape)}")
+    planes = F.adaptive_avg_pool2d(_onehot(mask, labels.shape[1]), grid)
+    planes = F.interpolate(planes, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+    return normalize_cams(planes, labels)
+
+
+class CamLocalisation:
+    """Accumulates, over (image, present class) pairs: the share of the CAM's mass on the class's own pixels,
+    the object's share of the image's labelled pixels (the level a CAM that does not localise reaches), and
+    whether the CAM's peak lies on the object."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.mass_in = self.pixel_share = self.peak_hits = 0.0
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, cams: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        """CAMs (B, C, H, W) >= 0, labels (B, C), ground truth (B, H, W)."""
+        if cams.shape[:2] != labels.shape or cams.shape[2:] != mask.shape[1:] or labels.shape[1] != self.num_classes:
+            raise ValueError(f"cams {tuple(cams.shape)}, labels {tuple(labels.shape)} and mask {tuple(mask.shape)} "
+                             f"do not fit {self.num_classes} classes")
+        obj = _onehot(mask, self.num_classes)
+        valid = (mask != 255).float().sum(dim=(1, 2)).clamp_min(1)[:, None]  # (B, 1)
+        total = cams.sum(dim=(2, 3))
+        use = (labels > 0) & (total > 0) & (obj.sum(dim=(2, 3)) > 0)
+        inside = (cams * obj).sum(dim=(2, 3)) / total.clamp_min(1e-12)
+        peak = obj.flatten(2).gather(2, cams.flatten(2).argmax(2, keepdim=True))[..., 0]
+        self.mass_in += float(inside[use].sum())
+        self.pixel_share += float((obj.sum(dim=(2, 3)) / valid)[use].sum())
+        self.peak_hits += float(peak[use].sum())
+        self.n += int(use.sum())
+
+    def compute(self) -> dict[str, float]:
+        n = self.n or math.nan
+        return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
+                "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n}
+
+
+class SurroundLeakage:
+    """CAM mass on an object's own context surround (share of the class's normalised CAM mass), per class,
+    separately for objects on their paired context and on an unpaired one.
+
+    Inputs per batch: ``surround`` (B, H, W) long, k + 1 on the visible context pixels around the object of
+    class k (0 elsewhere), and ``surround_paired`` (B, C): 1 paired, 0 unpaired, -1 no surround.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.sums = torch.zeros(2, num_classes, dtype=torch.float64)  # [unpaired, paired] x class
+        self.counts = torch.zeros(2, num_classes, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, cams: torch.Tensor, surround: torch.Tensor, surround_paired: torch.Tensor) -> None:
+        if cams.shape[:2] != surround_paired.shape or cams.shape[2:] != surround.shape[1:]:
+            raise ValueError(f"cams {tuple(cams.shape)} do not fit surround {tuple(surround.shape)} and "
+                             f"surround_paired {tuple(surround_paired.shape)}")
+        cams = cams / cams.amax(dim=(2, 3), keepdim=True).clamp_min(1e-5)
+        region = _onehot(surround, self.num_classes)
+        share = (cams * region).sum(dim=(2, 3)) / cams.sum(dim=(2, 3)).clamp_min(1e-12)  # (B, C)
+        has = (region.sum(dim=(2, 3)) > 0) & (cams.sum(dim=(2, 3)) > 0)
+        for paired in (0, 1):
+            use = has & (surround_paired == paired)
+            self.sums[paired] += (share * use).sum(0).double().cpu()
+            self.counts[paired] += use.sum(0).double().cpu()
+
+    def compute(self) -> dict[str, object]:
+        per = self.sums / self.counts.clamp_min(1)
+        per[self.counts == 0] = math.nan
+        diff = per[1] - per[0]
+
+        def mean(x: torch.Tensor) -> float:
+            x = x[~torch.isnan(x)]
+            return float(x.mean()) if len(x) else math.nan
+
+        return {"surround_leakage_paired": mean(per[1]), "surround_leakage_unpaired": mean(per[0]),
+                "confounding_leakage": mean(diff), "confounding_leakage_per_class": diff.tolist(),
+                "surround_objects": [int(self.counts[0].sum()), int(self.counts[1].sum())]}

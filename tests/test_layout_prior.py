@@ -1,0 +1,85 @@
+"""The class-prior scene layout (the default) and the uniform one (the negative control for CONTA)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conta_kit.data import ConfoundedScenes, collate
+from conta_kit.data._layout import CLASS_PRIORS
+from conta_kit.methods.conta import build_confounder_set, prototype_quality
+
+
+def _prototype_cosine(layout, n=240, size=64, grid=8):
+    ds = ConfoundedScenes("train", num_images=n, image_size=size, layout=layout)
+    b = collate([ds[i] for i in range(n)])
+    conf = build_confounder_set([(b["mask"], b["labels"])], ds.num_classes, (grid, grid))
+    return prototype_quality(conf, conf)["within_cosine"]
+
+
+def test_class_prototypes_differ_in_the_prior_layout_and_not_in_the_uniform_one():
+    prior, uniform = _prototype_cosine("prior"), _prototype_cosine("uniform")
+    assert prior <= 0.5, prior  # the goal for the new default
+    assert uniform >= 0.85, uniform  # the old layout: near-identical blobs
+
+
+def test_objects_stay_in_their_class_band_and_size():
+    ds = ConfoundedScenes("train", num_images=200, image_size=96)
+    seen = {c: 0 for c in range(ds.num_classes)}
+    for i in range(len(ds)):
+        for o in ds[i]["meta"]["objects"]:
+            if o["rider"]:
+                continue
+            name = ds.class_names[o["class"]]
+            (hlo, hhi), (blo, bhi), _ = CLASS_PRIORS[name]
+            y0, x0, y1, x1 = o["bbox"]
+            cy, h = (y0 + y1) / 2 / 96, (y1 - y0) / 96
+            assert h <= hhi + 1 / 96, (name, h)
+            # the centre is the band's, unless the object had to be pulled inside the image
+            assert blo - 0.01 <= cy <= bhi + 0.01 or h / 2 >= min(cy, 1 - cy) - 0.02, (name, cy, h)
+            seen[o["class"]] += 1
+    assert all(v > 10 for v in seen.values()), seen
+
+
+def test_flyers_fly_high_and_ground_classes_stand_low():
+    ds = ConfoundedScenes("train", num_images=300, image_size=64)
+    heights = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        for k in torch.nonzero(item["labels"]).flatten().tolist():
+            rows = torch.nonzero(item["mask"] == k + 1)[:, 0].float()
+            heights.setdefault(ds.class_names[k], []).append(float(rows.mean()) / 64)
+    mean = {k: float(np.mean(v)) for k, v in heights.items()}
+    assert mean["aeroplane"] < 0.3 and mean["bird"] < 0.45
+    assert mean["car"] > 0.7 and mean["train"] > 0.65 and mean["aeroplane"] < mean["boat"] < mean["car"]
+
+
+def test_context_geometry_is_the_class_whichever_context_is_drawn():
+    paired = ConfoundedScenes("train", num_images=60, image_size=64, cooccurrence=1.0)
+    other = ConfoundedScenes("train", num_images=60, image_size=64, cooccurrence=0.0)
+    for i in range(len(paired)):
+        a, b = paired[i], other[i]
+        assert torch.equal(a["mask"], b["mask"])  # same objects at the same places
+        assert torch.equal(a["surround"], b["surround"])  # the same surround region
+        present = a["surround_paired"] >= 0
+        assert (a["surround_paired"][present] == 1).all() and (b["surround_paired"][present] == 0).all()
+        assert torch.equal(a["context_mask"] >= 0, b["context_mask"] >= 0)  # only the texture differs
+
+
+def test_surround_marks_visible_context_of_its_own_object():
+    ds = ConfoundedScenes("train", num_images=40, image_size=64)
+    for i in range(len(ds)):
+        it = ds[i]
+        region = it["surround"] > 0
+        assert (it["context_mask"][region] >= 0).all() and (it["mask"][region] == 0).all()
+        for k in torch.unique(it["surround"][region]).tolist():
+            assert it["labels"][k - 1] == 1 and it["surround_paired"][k - 1] >= 0
+
+
+def test_layouts_are_deterministic_and_distinct():
+    a = ConfoundedScenes("train", num_images=5, layout="prior", seed=3)
+    b = ConfoundedScenes("train", num_images=5, layout="prior", seed=3)
+    u = ConfoundedScenes("train", num_images=5, layout="uniform", seed=3)
+    assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in range(5))
+    assert not torch.equal(a[0]["mask"], u[0]["mask"])
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ConfoundedScenes("train", layout="diagonal")
