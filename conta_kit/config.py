@@ -145,6 +145,8 @@ class ContaCfg:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if not isinstance(self.oracle, bool):
+            raise ValueError(f"oracle must be True or False, got {self.oracle!r}")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"grid must be >= 1 or None, got {self.grid}")
 

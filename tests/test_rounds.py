@@ -166,3 +166,24 @@ def test_ablation_table_names_rows_by_overrides(tmp_path):
         write_json(d / "seed_0" / "metrics.json", {"conta": {"rounds": [{"seed": {"miou_fixed": 0.25}},
                                                                          {"seed": {"miou_fixed": v}}]}})
     assert "| m_scale=convex | 1 | [0] | 0.400 |" in ablation_markdown(dirs, seed=0)
+
+
+def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path):
+    from conta_kit.io import write_json
+    from conta_kit.report.markdown import oracle_gap_markdown
+
+    def rnd(seed_best, ceiling):
+        return {"seed": {"miou_best": seed_best, "ceiling": {"miou_best": ceiling}}, "pseudo": {"miou": seed_best}}
+
+    run = Run.create("gap", tmp_path, params={"resolved": {"data": {"cooccurrence": 0.9}}, "seeds": [0, 1]})
+    for s, (b, o) in enumerate(((0.2, 0.4), (0.3, 0.5))):
+        conta = {"rounds": [rnd(b, 0.6)], "oracle": rnd(o, 0.6)}
+        write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": conta})
+    text = oracle_gap_markdown([run.path])
+    # per seed: oracle - baseline = 0.2; ceiling - oracle = 0.2 and 0.1; the oracle closes 0.5 and 2/3 of the way
+    assert ("| 0.9 | 2 | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.600 ± 0.000 | 0.200 ± 0.000 | 0.150 ± 0.071 | "
+            "0.583 ± 0.118 |") in text
+    assert "| 0.9 | pseudo_miou | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.200 ± 0.000 |" in text
+    no_oracle = {"conta": {"rounds": [rnd(0.3, 0.6)]}}
+    write_json(run.path / "seed_1" / "metrics.json", no_oracle, overwrite=True)
+    assert "| 0.9 | 1 |" in oracle_gap_markdown([run.path])

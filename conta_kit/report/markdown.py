@@ -2,6 +2,7 @@
 
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
     python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--seed 0] [--update README.md --block ablations]
+    python -m conta_kit.report --oracle-gap RUN_RHO_0.5 RUN_RHO_0.9 ... --update README.md --block oracle-gap
     python -m conta_kit.report --sweep SWEEP_DIR --update README.md --block sweep   # figures -> docs/figures/
     python -m conta_kit.report --sweep SWEEP_DIR SWEEP_DIR ... --update README.md --block wood-ablations
 
@@ -24,10 +25,13 @@ from ..io import Run, atomic_write_bytes, atomic_write_text, read_json
 from ..methods.conta.diagnostics import diagnose_prototypes
 from ..pipeline.jobs import load_summary
 from ..pipeline.sweep import default_detail_rho, load_sweep, sweep_tables
-from ..summary import fmt, markdown_table, mean_std, summarize, summary_table
+from ..summary import GAP_METRICS, fmt, gap_closed, markdown_table, mean_std, metric_value, summarize, summary_table
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
+HEALTH = ("ceiling_miou_best", "seed_share_of_ceiling", "cam_mass_in_object", "object_pixel_share",
+          "cam_peak_on_object", "surround_leakage_paired", "surround_leakage_unpaired", "confounding_leakage")
+GAPS = tuple(f"gap_{m}" for m in GAP_METRICS)
 DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_share_from_m", "attention_entropy")
 
 
@@ -79,7 +83,13 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
     summary = load_summary(run_dir, partial=True)
     note = " **Partial: the run was still going; rounds every seed had finished.**" if summary.get("partial") else ""
     text = (_provenance(run) + note + "\n\n" + summary_table(summary, TABLE_METRICS)
-            + "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS))
+            + "\nWhat the seeds can reach and where the CAMs fall (resolution ceiling: ground truth pooled to the "
+            "feature grid, scored like the seeds; confounding leakage: CAM mass on the own surround when it is the "
+            "paired context minus when unpaired):\n\n" + summary_table(summary, HEALTH))
+    if summary.get("oracle"):
+        text += ("\nShare of the baseline-to-oracle gap closed, per seed then mean ± std (0 = baseline, 1 = oracle; "
+                 "95 % intervals in metrics.json):\n\n" + summary_table({"rounds": summary["rounds"]}, GAPS))
+    text += "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS)
     if prototypes:
         text += "\nPrototype quality:\n\n" + prototype_markdown(run_dir)
     return text
@@ -167,6 +177,49 @@ def sweep_ablation_markdown(run_dirs: list[str | Path], rho: float | None = None
             + ", ".join(f"`{Path(d).name}`" for d in run_dirs) + "\n")
 
 
+ORACLE_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_reliance", "cam_leakage",
+                  "confounding_leakage", "cam_peak_on_object")
+
+
+def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
+    """Baseline against the oracle at each run's rho (one `conta-kit conta` run per rho, every seed's round 0
+    and oracle): both, the gap (oracle - baseline, per seed), the resolution ceiling, and how much of the
+    baseline's distance to the ceiling the oracle closes ((oracle - baseline) / (ceiling - baseline)), all
+    mean ± std over seeds."""
+    rows, per_rho = [], []
+    for d in run_dirs:
+        run = Run(d)
+        rho = run.params.get("resolved", {}).get("data", {}).get("cooccurrence")
+        pairs = []
+        for s in run.layout.seeds():
+            m = Run(run.layout.seed(s).path).metrics.get("conta", {})
+            if m.get("rounds") and m.get("oracle"):
+                pairs.append((m["rounds"][0], m["oracle"]))
+        if not pairs:
+            raise ValueError(f"{run.path} has no seed with both round 0 and the oracle finished")
+        for name in ORACLE_METRICS:
+            b = [metric_value(r0, name) for r0, _ in pairs]
+            o = [metric_value(orc, name) for _, orc in pairs]
+            if any(v is None for v in b + o):
+                continue
+            rows.append([f"{rho:g}", name, fmt(mean_std(b)), fmt(mean_std(o)),
+                         fmt(mean_std([y - x for x, y in zip(b, o)]))])
+        ceil = [metric_value(r0, "ceiling_miou_best") for r0, _ in pairs]
+        b = [metric_value(r0, "seed_miou_best") for r0, _ in pairs]
+        o = [metric_value(orc, "seed_miou_best") for _, orc in pairs]
+        closes = [gap_closed(y, x, c) for x, y, c in zip(b, o, ceil)]
+        per_rho.append([f"{rho:g}", str(len(pairs)), fmt(mean_std(b)), fmt(mean_std(o)), fmt(mean_std(ceil)),
+                        fmt(mean_std([y - x for x, y in zip(b, o)])), fmt(mean_std([c - y for y, c in zip(o, ceil)])),
+                        fmt(mean_std(closes))])
+    folders = ", ".join(f"`{Path(d).name}`" for d in run_dirs)
+    return ("Seed mIoU (threshold chosen on val) against the resolution ceiling:\n\n"
+            + markdown_table(["rho", "seeds", "baseline", "oracle", "ceiling", "oracle - baseline",
+                              "ceiling - oracle", "share of (ceiling - baseline) the oracle closes"], per_rho)
+            + "\nEvery number, baseline and oracle (mean ± std over seeds; the difference per seed):\n\n"
+            + markdown_table(["rho", "metric", "baseline", "oracle", "oracle - baseline"], rows)
+            + f"\nRun folders: {folders}\n")
+
+
 def update_block(path: str | Path, block: str, text: str) -> None:
     """Replace the marked block in ``path`` (atomically); the markers must exist."""
     path = Path(path)
@@ -186,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                    "07's figures; with --update, the figures are copied into --figure-dir)")
     p.add_argument("--figure-dir", default="docs/figures")
     p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
+    p.add_argument("--oracle-gap", action="store_true", help="one `conta-kit conta` run per rho: baseline "
+                   "against the oracle and the resolution ceiling")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--seed", type=int, help="with --ablations: compare this seed of every run")
     p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
@@ -196,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             text = sweep_ablation_markdown(args.run_dirs)
         elif args.sweep:
             text = sweep_markdown(args.run_dirs[0], args.figure_dir if args.update else None)
+        elif args.oracle_gap:
+            text = oracle_gap_markdown(args.run_dirs)
         elif args.ablations:
             text = ablation_markdown(args.run_dirs, args.round, args.seed)
         elif len(args.run_dirs) == 1:
