@@ -150,9 +150,10 @@ def run_oracle(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = T
         return read_json(rnd.metrics)
     rnd.path.mkdir(exist_ok=True)
     ocfg = replace(cfg, wood=replace(cfg.wood, finetune="plain")) if cfg.wood.finetune == "wood" else cfg
+    train = oracle_train(cfg)
     m = run_round(ocfg, rnd, {k: v for k, v in splits.items() if k != "wood_pool"}, progress=progress,
-                  resume=True, classifier_train=oracle_train(cfg), round_index=0)
-    m["oracle"] = {"train_rho": oracle_train(cfg).rho}
+                  resume=True, classifier_train=train, round_index=0)
+    m["oracle"] = {"train_rho": train.rho}
     write_json(rnd.metrics, m)
     return m
 
