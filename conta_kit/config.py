@@ -2,6 +2,9 @@
 
 ``RunCfg.from_params(preset="default", **flat)`` starts from a preset and overrides fields by their flat
 names (``cooccurrence=0.75``, ``num_train=500``); an unknown name is an error, never silently ignored.
+
+Longer than 350 lines because every option is documented beside its field and checked in its dataclass; the
+four sections and the presets are one table a user reads top to bottom.
 """
 
 from __future__ import annotations
@@ -109,44 +112,63 @@ class ContaCfg:
     Attributes:
         rounds: T, the last round (0 = the baseline only).
         adjustment: "backdoor" (CONTA's M) or "raw_mask" (reviewer's baseline: fuse x_m itself).
-        fusion: where M is concatenated: "last" (last block, the paper's choice), "input", or a stage name.
+        fusion: where M is concatenated: "penultimate" (the stage before the last, so M passes a conv + BN +
+            ReLU before the CAM head; the kit's default), "last" (concatenated before the bias-free 1x1 head
+            and GAP, the paper's literal "block 5": the logits then see M only through GAP(M) and the
+            attention gets no gradient, see docs/conta.md), "input", or a stage name.
+        fusion_init: the new fusion weights start at "zero" (the round starts as the baseline) or "normal"
+            (drawn like their neighbours, as the official module's N(0, 0.01) output layer; the default).
+        attn_init: W1, W2 ~ N(0, 0.02) ("official") or "scaled" to the masks (W1 x_m, W2 c_i of order one;
+            the default).
         grid: side of the canonical grid of prototypes and W1/W2; None = the classifier's feature-map size.
         prior: P(c): "uniform" (paper) or "freq" (share of training images with the class).
         include_bg: add a background prototype (the official loader drops it).
         temperature: attention temperature tau; None = sqrt(n).
-        m_scale: "paper" (M <= 1/n), "convex" (divide by sum alpha_i P(c_i)) or "max" (per-image max).
+        m_scale: "max" (M divided by its per-image maximum: O(1), the default), "paper" (M as defined, at
+            most 1/n) or "convex" (divide by sum alpha_i P(c_i)).
         xm: the image's mask x_m from the previous segmenter: "fg_prob" (1 - P(background)) or "fg_binary".
         present: which images average into c_i: "label" (image label has the class) or "pred" (predicted).
         init: each round's classifier starts from "scratch" (same seed as round 0) or the "previous" round's.
         oracle: on the embedded benchmark, also run the interventional oracle: round 0's recipe, seeds and
             image layouts with the classifier trained at rho = chance (the generator's do(X)); every table
             reads methods against it (``gap_closed``).
+        gt_arm: on the embedded benchmark, also run CONTA with ground-truth ingredients (C from the train
+            split's true masks, x_m the true foreground of every image): the method's own ceiling, the best
+            C and x_m any round could produce (``seed_<s>/conta_gt/``).
+        shuffle_prototypes: negative control: every prototype's grid cells are permuted (its own seeded
+            permutation), so C keeps its values but loses location and shape.
     """
 
     rounds: int = 3
     adjustment: str = "backdoor"
-    fusion: str = "last"
+    fusion: str = "penultimate"
+    fusion_init: str = "normal"
+    attn_init: str = "scaled"
     grid: int | None = None
     prior: str = "uniform"
     include_bg: bool = False
     temperature: float | None = None
-    m_scale: str = "paper"
+    m_scale: str = "max"
     xm: str = "fg_prob"
     present: str = "label"
     init: str = "scratch"
     oracle: bool = True
+    gt_arm: bool = True
+    shuffle_prototypes: bool = False
 
     def __post_init__(self) -> None:
         choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),
                    "m_scale": ("paper", "convex", "max"), "xm": ("fg_prob", "fg_binary"),
-                   "present": ("label", "pred"), "init": ("scratch", "previous")}
+                   "present": ("label", "pred"), "init": ("scratch", "previous"),
+                   "fusion_init": ("zero", "normal"), "attn_init": ("official", "scaled")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if not isinstance(self.oracle, bool):
-            raise ValueError(f"oracle must be True or False, got {self.oracle!r}")
+        for name in ("oracle", "gt_arm", "shuffle_prototypes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"grid must be >= 1 or None, got {self.grid}")
 

@@ -190,6 +190,7 @@ class RunLayout:
         seed_<s>/                 a run folder of one seed (``conta-kit conta``, notebooks)
         round_<t>/                a round (:class:`RoundLayout`)
         oracle/                   the oracle's round (the baseline trained at rho = chance)
+        conta_gt/                 CONTA with ground-truth ingredients (C and x_m from the true masks)
         rho_<rho>/<arm>/seed_<s>/ a cell of the confounding sweep
     """
 
@@ -250,6 +251,11 @@ class RunLayout:
     def oracle(self) -> RoundLayout:
         """The interventional oracle: round 0's recipe with the classifier trained at rho = chance."""
         return RoundLayout(self.path / "oracle")
+
+    @property
+    def conta_gt(self) -> RoundLayout:
+        """CONTA's ceiling arm: one adjusted round over ground-truth C and x_m."""
+        return RoundLayout(self.path / "conta_gt")
 
     def rounds(self) -> list[int]:
         """The rounds with a folder here (finished or not), in order."""

@@ -26,6 +26,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "val_map": ("classifier", "val_map"), "shifted_map": ("classifier", "shifted_map"),
     "context_reliance": ("classifier", "context_reliance"),
     "logit_share_from_m": ("m", "logit_share_from_m"), "attention_entropy": ("m", "attention", "entropy"),
+    "attention_top_present": ("m", "attention", "top_is_present_class"),
+    "nwgm_gap": ("m", "nwgm", "mean_abs_gap"),
     "seed_precision_fixed": ("seed", "mean_precision_fixed"), "seed_recall_fixed": ("seed", "mean_recall_fixed"),
     "ood_fp_rate": ("ood", "hard", "fp_rate"), "ood_fp_rate_random": ("ood", "random", "fp_rate"),
     "ood_mean_max_prob": ("ood", "hard", "mean_max_prob"),
@@ -121,26 +123,38 @@ def _row(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def summarize(per_seed: dict[int, list[dict[str, Any]]], oracle: dict[int, dict[str, Any]] | None = None
-              ) -> dict[str, Any]:
+def summarize(per_seed: dict[int, list[dict[str, Any]]], oracle: dict[int, dict[str, Any]] | None = None,
+              arms: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Every :data:`METRICS` number of every round as :func:`mean_std` over the seeds that have it (rounds
     that every seed finished). With the seeds' ``oracle`` metrics: an ``oracle`` row and, in every round,
-    ``gap_<name>`` for :data:`GAP_METRICS` (:func:`gap_closed` per seed, then mean, std and 95 % interval)."""
+    ``gap_<name>`` for :data:`GAP_METRICS` (:func:`gap_closed` per seed, then mean, std and 95 % interval).
+    ``arms`` (name -> seed -> metrics, e.g. ``conta_gt``): one more row each, with its gaps, in ``"arms"``."""
     seeds = sorted(per_seed)
     n_rounds = min(len(r) for r in per_seed.values())
+
+    def gaps(row: dict[str, Any], method: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        for name in GAP_METRICS:
+            vals = finite(gap_closed(metric_value(method[s], name), metric_value(per_seed[s][0], name),
+                                     metric_value(oracle[s], name)) for s in seeds if s in oracle and s in method)
+            if vals:
+                row[f"gap_{name}"] = mean_std(vals)
+        return row
+
     out = []
     for t in range(n_rounds):
         row: dict[str, Any] = {"round": t, **_row([per_seed[s][t] for s in seeds])}
-        if oracle:
-            for name in GAP_METRICS:
-                vals = finite(gap_closed(metric_value(per_seed[s][t], name), metric_value(per_seed[s][0], name),
-                                         metric_value(oracle[s], name)) for s in seeds if s in oracle)
-                if vals:
-                    row[f"gap_{name}"] = mean_std(vals)
-        out.append(row)
+        out.append(gaps(row, {s: per_seed[s][t] for s in seeds}) if oracle else row)
     res: dict[str, Any] = {"seeds": seeds, "rounds": out}
     if oracle:
         res["oracle"] = {"round": "oracle", **_row([oracle[s] for s in seeds if s in oracle])}
+    extra = []
+    for name, by_seed in (arms or {}).items():
+        have = {s: by_seed[s] for s in seeds if s in by_seed}
+        if have:
+            row = {"round": name, **_row(list(have.values()))}
+            extra.append(gaps(row, have) if oracle else row)
+    if extra:
+        res["arms"] = extra
     return res
 
 
@@ -153,6 +167,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def summary_table(summary: dict[str, Any], names: Sequence[str] = ("seed_miou_fixed", "seed_miou_best",
                   "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance")) -> str:
-    """Rounds x metrics of a :func:`summarize` output (and its oracle row), every cell by :func:`fmt`."""
-    rows = summary["rounds"] + ([summary["oracle"]] if summary.get("oracle") else [])
+    """Rounds x metrics of a :func:`summarize` output (and its oracle and arm rows), every cell by :func:`fmt`."""
+    rows = summary["rounds"] + summary.get("arms", []) + ([summary["oracle"]] if summary.get("oracle") else [])
     return markdown_table(["round", *names], ([str(r["round"]), *(fmt(r.get(n)) for n in names)] for r in rows))

@@ -64,7 +64,7 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
     paths = {s: str(seed_run(run, replace(cfg, seed=s)).path) for s in seeds}
     src = {s: str(RunLayout(round0_from).seed(s).path) for s in seeds} if round0_from is not None else {}
     results = run_jobs([(replace(cfg, seed=s), paths[s], src.get(s)) for s in seeds], jobs, progress=progress)
-    summary = summarize(dict(zip(seeds, results)), seed_oracles(run))
+    summary = summarize(dict(zip(seeds, results)), seed_oracles(run), seed_arms(run))
     run.log_metrics("summary", summary)
     return summary
 
@@ -76,6 +76,17 @@ def seed_oracles(run: Run) -> dict[int, dict[str, Any]]:
         oracle = Run(run.layout.seed(s).path).metrics.get("conta", {}).get("oracle")
         if oracle:
             out[s] = oracle
+    return out
+
+
+def seed_arms(run: Run) -> dict[str, dict[int, dict[str, Any]]]:
+    """The extra arms (``conta_gt``: CONTA with ground-truth ingredients) of every seed folder that has them."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for s in run.layout.seeds():
+        conta = Run(run.layout.seed(s).path).metrics.get("conta", {})
+        for arm in ("conta_gt",):
+            if conta.get(arm):
+                out.setdefault(arm, {})[s] = conta[arm]
     return out
 
 
@@ -95,5 +106,5 @@ def load_summary(run_dir: str | Path, partial: bool = False) -> dict[str, Any]:
             if rounds:
                 per_seed[s] = rounds
         if per_seed:
-            return {**summarize(per_seed, seed_oracles(run)), "partial": True}
+            return {**summarize(per_seed, seed_oracles(run), seed_arms(run)), "partial": True}
     raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")

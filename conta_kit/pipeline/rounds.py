@@ -23,9 +23,9 @@ import torch
 from .. import distributed
 from ..config import RunCfg, WOoDConfig, resolve_device
 from ..data.splits import load_splits, oracle_train
-from ..io import RoundLayout, Run, RunLayout, read_json, to_jsonable, write_json
+from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
-from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid
+from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid, ground_truth_ingredients
 from ..models import build_classifier, build_segmenter, load_checkpoint
 from .round import run_round
 
@@ -134,11 +134,34 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
         if t < last:
             conf = ConfounderSet.load(rnd.confounders)
             x_m = torch.load(rnd.x_m, map_location="cpu", weights_only=True)
+    arms: dict[str, Any] = {}
     if cfg.conta.oracle and cfg.data_source == "scenes":
-        oracle = run_oracle(cfg, run, splits, progress)
-        run.log_metrics("conta", {"rounds": rounds, "oracle": oracle, "settings": cfg.to_dict()["conta"]})
+        arms["oracle"] = run_oracle(cfg, run, splits, progress)
+        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()
+    if cfg.conta.gt_arm and cfg.data_source == "scenes" and cfg.conta.rounds >= 1:
+        arms["conta_gt"] = run_conta_gt(cfg, run, splits, progress)
+        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
         distributed.barrier()
     return rounds
+
+
+def run_conta_gt(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """CONTA's ceiling into ``run/conta_gt/``: one adjusted round (round 1's recipe, same seed) whose C and x_m
+    come from the ground-truth masks, scored on the same splits. Resumable; returns its metrics. Its C is saved
+    as ``artifacts/confounders.pt`` and its x_m as ``artifacts/x_m.pt``."""
+    rnd = run.layout.conta_gt
+    if rnd.done:
+        return read_json(rnd.metrics)
+    rnd.path.mkdir(exist_ok=True)
+    grid = feature_grid(build_round_classifier(cfg, splits["train"].num_classes, None, load_pretrained=False), cfg)
+    conf, x_m = ground_truth_ingredients(cfg, splits, grid, progress)
+    conf.save(rnd.artifact("confounders.pt"))
+    atomic_torch_save(rnd.artifact("x_m.pt"), x_m)
+    m = run_round(cfg, rnd, splits, progress=progress, resume=True, confounders=conf, x_m=x_m, round_index=1)
+    m["ingredients"] = "ground_truth"
+    write_json(rnd.metrics, m)
+    return m
 
 
 def run_oracle(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = True) -> dict[str, Any]:
@@ -161,7 +184,7 @@ def run_oracle(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = T
 def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int | str,
                           num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The trained classifier of a round (a plain classifier for round 0 and for ``"oracle"``, else a
-    ContaClassifier built with the previous round's C) and the x_m maps it takes (split -> (N, H, W) uint8;
+    ContaClassifier built with the previous round's C, or the ground-truth C for ``"conta_gt"``) and the x_m maps it takes (split -> (N, H, W) uint8;
     None for round 0 and the oracle)."""
     layout = RunLayout(seed_dir)
     conf, x_m = None, None
@@ -169,6 +192,12 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int | 
         model = build_round_classifier(cfg, num_classes, None, load_pretrained=False)
         load_checkpoint(model, layout.oracle.final_classifier)
         return model.eval(), None
+    if round_index == "conta_gt":
+        gt = layout.conta_gt
+        conf = ConfounderSet.load(gt.artifact("confounders.pt"))
+        model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)
+        load_checkpoint(model, gt.final_classifier)
+        return model.eval(), torch.load(gt.artifact("x_m.pt"), map_location="cpu", weights_only=True)
     if round_index > 0:
         prev = layout.round(round_index - 1)
         conf = ConfounderSet.load(prev.confounders)

@@ -32,7 +32,8 @@ TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou",
 HEALTH = ("ceiling_miou_best", "seed_share_of_ceiling", "cam_mass_in_object", "object_pixel_share",
           "cam_peak_on_object", "surround_leakage_paired", "surround_leakage_unpaired", "confounding_leakage")
 GAPS = tuple(f"gap_{m}" for m in GAP_METRICS)
-DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_share_from_m", "attention_entropy")
+DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_share_from_m", "attention_entropy",
+               "attention_top_present", "nwgm_gap")
 
 
 def _provenance(run: Run) -> str:
@@ -88,7 +89,8 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
             "paired context minus when unpaired):\n\n" + summary_table(summary, HEALTH))
     if summary.get("oracle"):
         text += ("\nShare of the baseline-to-oracle gap closed, per seed then mean ± std (0 = baseline, 1 = oracle; "
-                 "95 % intervals in metrics.json):\n\n" + summary_table({"rounds": summary["rounds"]}, GAPS))
+                 "95 % intervals in metrics.json):\n\n"
+                 + summary_table({"rounds": summary["rounds"], "arms": summary.get("arms", [])}, GAPS))
     text += "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS)
     if prototypes:
         text += "\nPrototype quality:\n\n" + prototype_markdown(run_dir)

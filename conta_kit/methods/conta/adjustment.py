@@ -12,6 +12,7 @@ import torch.nn as nn
 from .confounders import ConfounderSet, to_grid
 
 M_SCALES = ("paper", "convex", "max")
+ATTN_INITS = ("official", "scaled")
 
 
 class BackdoorAdjustment(nn.Module):
@@ -23,14 +24,24 @@ class BackdoorAdjustment(nn.Module):
         temperature: tau (default sqrt(d), the paper's sqrt(n)).
         m_scale: "paper" (M as defined: at most max P(c), 1/n for the uniform prior), "convex" (divide by
             sum_i alpha_i P(c_i): a convex mixture of prototypes, values in [0, 1]) or "max" (divide each
-            image's M by its maximum). Anything but "paper" is a deviation from the paper.
+            image's M by its maximum: O(1) next to the features). Anything but "paper" is a deviation from
+            the paper.
+        attn_init: "official" (W1, W2 ~ N(0, 0.02), the official module's) or "scaled" (W2's std 1 / sqrt(mean
+            ||c_i||^2) and W1's 1 / sqrt(mean sum c_i), a binary mask's energy being its area: W1 x_m and W2 c_i
+            are O(1) for masks in [0, 1] and the attention logits have unit scale; a deviation from the
+            official code).
+
+    ``strata(x_m)`` gives the maps of the exact backdoor sum, M_i = s alpha_i c_i with s the image's scale,
+    so that sum_i P(c_i) M_i = M (the NWGM approximation evaluates f once at M instead).
     """
 
     def __init__(self, confounders: ConfounderSet, *, embed_dim: int | None = None,
-                 temperature: float | None = None, m_scale: str = "paper") -> None:
+                 temperature: float | None = None, m_scale: str = "paper", attn_init: str = "official") -> None:
         super().__init__()
         if m_scale not in M_SCALES:
             raise ValueError(f"m_scale must be one of {M_SCALES}, got {m_scale!r}")
+        if attn_init not in ATTN_INITS:
+            raise ValueError(f"attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
         k, (h, w) = len(confounders), confounders.grid
         d = embed_dim or k
         self.grid, self.m_scale = (h, w), m_scale
@@ -40,8 +51,14 @@ class BackdoorAdjustment(nn.Module):
         self.register_buffer("prototypes", confounders.prototypes.reshape(k, h * w).float().clone())
         self.register_buffer("prior", confounders.prior.float().clone())
         self.w1, self.w2 = nn.Linear(h * w, d), nn.Linear(h * w, d)
-        for lin in (self.w1, self.w2):  # the official module's initialisation
-            nn.init.normal_(lin.weight, std=0.02)
+        self.attn_init = attn_init
+        if attn_init == "official":
+            std1 = std2 = 0.02
+        else:  # O(1) projections: x_m (near binary) has the energy of its area, a prototype its own energy
+            std1 = 1.0 / math.sqrt(max(float(self.prototypes.sum(1).mean()), 1e-6))
+            std2 = 1.0 / math.sqrt(max(float(self.prototypes.pow(2).sum(1).mean()), 1e-6))
+        for lin, std in ((self.w1, std1), (self.w2, std2)):
+            nn.init.normal_(lin.weight, std=std)
             nn.init.zeros_(lin.bias)
 
     def _flat(self, x_m: torch.Tensor) -> torch.Tensor:
@@ -60,16 +77,29 @@ class BackdoorAdjustment(nn.Module):
         k = self.w2(self.prototypes)  # (K, d)
         return torch.softmax(q @ k.t() / self.temperature, dim=1)
 
-    def forward(self, x_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_m (B, H, W) -> M (B, 1, h, w) and alpha (B, K)."""
+    def _scaled(self, x_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha (B, K), the unscaled M (B, hw) and the image's scale s (B, 1) of ``m_scale``."""
         alpha = self.attention(x_m)
         weights = alpha * self.prior  # (B, K)
         m = weights @ self.prototypes  # (B, hw)
         if self.m_scale == "convex":
-            m = m / weights.sum(1, keepdim=True).clamp_min(1e-12)
+            s = 1.0 / weights.sum(1, keepdim=True).clamp_min(1e-12)
         elif self.m_scale == "max":
-            m = m / m.amax(1, keepdim=True).clamp_min(1e-6)
-        return m.view(-1, 1, *self.grid), alpha
+            s = 1.0 / m.amax(1, keepdim=True).clamp_min(1e-6)
+        else:
+            s = torch.ones_like(m[:, :1])
+        return alpha, m, s
+
+    def forward(self, x_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_m (B, H, W) -> M (B, 1, h, w) and alpha (B, K)."""
+        alpha, m, s = self._scaled(x_m)
+        return (m * s).view(-1, 1, *self.grid), alpha
+
+    def strata(self, x_m: torch.Tensor) -> torch.Tensor:
+        """x_m (B, H, W) -> (K, B, 1, h, w): M_i = s alpha_i c_i, whose P(c)-weighted sum is M."""
+        alpha, _, s = self._scaled(x_m)
+        maps = (s * alpha)[:, :, None] * self.prototypes[None]  # (B, K, hw)
+        return maps.transpose(0, 1).reshape(len(self.prototypes), -1, 1, *self.grid)
 
 
 class RawMaskFusion(nn.Module):

@@ -16,24 +16,32 @@ from ...models.inference import eval_mode
 log = logging.getLogger(__name__)
 
 
-class _ExtraChannelConv(nn.Module):
-    """``conv`` that accepts one more input channel: conv(x[:, :D]) + extra(x[:, D:]), extra zero-initialised."""
+FUSION_INITS = ("zero", "normal")
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+
+class _ExtraChannelConv(nn.Module):
+    """``conv`` that accepts one more input channel: conv(x[:, :D]) + extra(x[:, D:]); ``extra`` starts at zero
+    (``init="zero"``) or drawn like the conv's own weights (``"normal"``: N(0, std of conv.weight))."""
+
+    def __init__(self, conv: nn.Conv2d, init: str = "zero") -> None:
         super().__init__()
         if conv.groups != 1:
             raise ValueError("cannot widen a grouped convolution")
         self.conv = conv
         self.extra = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                                bias=False)
-        nn.init.zeros_(self.extra.weight)
+        if init == "zero":
+            nn.init.zeros_(self.extra.weight)
+        else:
+            with torch.no_grad():
+                nn.init.normal_(self.extra.weight, std=float(conv.weight.std()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.conv.in_channels
         return self.conv(x[:, :d]) + self.extra(x[:, d:])
 
 
-def _widen_entry(stage: nn.Module) -> list[nn.Module]:
+def _widen_entry(stage: nn.Module, init: str = "zero") -> list[nn.Module]:
     """Replace the convs that read a stage's input with :class:`_ExtraChannelConv`s; return the new modules."""
     first = next((m for m in stage.modules() if isinstance(m, nn.Conv2d | _ExtraChannelConv)), None)
     if first is None:
@@ -54,19 +62,22 @@ def _widen_entry(stage: nn.Module) -> list[nn.Module]:
                 break
     new = []
     for parent, name in targets:
-        wide = _ExtraChannelConv(getattr(parent, name))
+        wide = _ExtraChannelConv(getattr(parent, name), init)
         setattr(parent, name, wide)
         new.append(wide.extra)
     return new
 
 
 class _FusedHead(nn.Module):
-    """1x1 head over [F ; M]: the base head's weights plus a zero-initialised column for M."""
+    """1x1 head over [F ; M]: the base head's weights plus a column for M (zero, or N(0, 0.01) as the official
+    module's output layer with ``init="normal"``)."""
 
-    def __init__(self, base_head: nn.Conv2d) -> None:
+    def __init__(self, base_head: nn.Conv2d, init: str = "zero") -> None:
         super().__init__()
         self.base = base_head
         self.m_weight = nn.Parameter(torch.zeros(base_head.out_channels, 1, 1, 1))
+        if init == "normal":
+            nn.init.normal_(self.m_weight, std=0.01)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -84,32 +95,40 @@ class ContaClassifier(nn.Module):
     Args:
         base: a :class:`~conta_kit.models.Classifier` (its weights are used as they are).
         adjustment: :class:`BackdoorAdjustment` (CONTA) or :class:`RawMaskFusion` (reviewer's baseline).
-        fusion: "last" (concatenate M to the last block's features; the head gets a zero-initialised M
-            column, the paper's "block 5"), "input" (a fourth input channel), or a backbone stage name
-            (M concatenated to that stage's output, the next stage's entry convs get a zero-initialised
-            extra input channel).
+        fusion: "last" (concatenate M to the last block's features; the head gets an M column, the paper's
+            "block 5"), "input" (a fourth input channel), a backbone stage name (M concatenated to that
+            stage's output, the next stage's entry convs get an extra input channel), or "penultimate" (the
+            stage before the last: M still passes the last stage's conv + BN + ReLU).
+        fusion_init: "zero" (the new weights start at zero: the model computes exactly the base classifier's
+            logits until it trains) or "normal" (drawn like their neighbours; see :class:`_ExtraChannelConv`).
 
-    With the zero initialisation the model computes exactly the base classifier's logits until it trains.
+    With ``fusion="last"`` the logits see M only through GAP(M), nearly one number for every image: the
+    attention gets (almost) no gradient. The other fusion points pass M through a spatial nonlinearity.
     CAMs: ``features(x, x_m)`` returns [F ; M] for ``fusion="last"`` (so ``head.weight`` gives
     CAM_k = ReLU(w_k F + w_kM M)), else the last features.
     """
 
-    def __init__(self, base: Classifier, adjustment: nn.Module, fusion: str = "last") -> None:
+    def __init__(self, base: Classifier, adjustment: nn.Module, fusion: str = "last",
+                 fusion_init: str = "zero") -> None:
         super().__init__()
         stages = base.backbone.stages
-        if fusion not in ("last", "input", *stages):
-            raise ValueError(f"fusion must be 'last', 'input' or one of {stages}, got {fusion!r}")
+        if fusion not in ("last", "input", "penultimate", *stages):
+            raise ValueError(f"fusion must be 'last', 'input', 'penultimate' or one of {stages}, got {fusion!r}")
+        if fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {fusion_init!r}")
+        if fusion == "penultimate":
+            fusion = stages[-2]
         if fusion == stages[-1]:
             fusion = "last"
-        self.base, self.adjustment, self.fusion = base, adjustment, fusion
+        self.base, self.adjustment, self.fusion, self.fusion_init = base, adjustment, fusion, fusion_init
         self.num_classes = base.num_classes
         if fusion == "last":
-            self.head: nn.Module = _FusedHead(base.head)
+            self.head: nn.Module = _FusedHead(base.head, fusion_init)
             self._new = [self.head.m_weight]
         else:
             self.head = base.head
             nxt = stages[0] if fusion == "input" else stages[stages.index(fusion) + 1]
-            self._new = [p for m in _widen_entry(getattr(base.backbone, nxt)) for p in m.parameters()]
+            self._new = [p for m in _widen_entry(getattr(base.backbone, nxt), fusion_init) for p in m.parameters()]
             pos = -1 if fusion == "input" else stages.index(fusion)
             if base.detach_until is not None and pos <= stages.index(base.detach_until):
                 log.warning("fusion=%r sits before the detached stage %r: the detach is removed so M can learn",
@@ -139,6 +158,10 @@ class ContaClassifier(nn.Module):
         m, _ = self.adjust(x_m)
         if not m_term:
             m = torch.zeros_like(m)
+        return self.features_at(x, m)
+
+    def features_at(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The features with a given M (B, 1, h, w) (the exact backdoor sum evaluates f at each stratum)."""
 
         def cat(t: torch.Tensor) -> torch.Tensor:
             mm = F.interpolate(m, size=t.shape[-2:], mode="bilinear", align_corners=False)
@@ -153,6 +176,10 @@ class ContaClassifier(nn.Module):
     def forward(self, x: torch.Tensor, x_m: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W), (B, H', W') -> logits (B, C)."""
         return self.head(self.features(x, x_m).mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+    def logits_at(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Logits with a given M (B, 1, h, w)."""
+        return self.head(self.features_at(x, m).mean(dim=(2, 3), keepdim=True)).flatten(1)
 
     def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Backbone x1; the head, M's weights and the adjustment (W1, W2) x ``head_lr_mult`` (new layers)."""
