@@ -184,8 +184,8 @@ def run_oracle(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = T
 def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int | str,
                           num_classes: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
     """The trained classifier of a round (a plain classifier for round 0 and for ``"oracle"``, else a
-    ContaClassifier built with the previous round's C, or the ground-truth C for ``"conta_gt"``) and the x_m maps it takes (split -> (N, H, W) uint8;
-    None for round 0 and the oracle)."""
+    ContaClassifier built with the previous round's C, or the ground-truth C for ``"conta_gt"``) and the x_m
+    maps it takes (split -> (N, H, W) uint8; None for round 0 and the oracle)."""
     layout = RunLayout(seed_dir)
     conf, x_m = None, None
     if round_index == "oracle":

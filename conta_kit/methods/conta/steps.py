@@ -62,7 +62,7 @@ def ground_truth_ingredients(cfg: RunCfg, splits: dict[str, Dataset], grid: tupl
         maps, preds = [], []
         for bt in batches(ds, cfg.baseline.eval_batch_size, torch.device("cpu"), f"true x_m {name}", progress):
             mask = bt["mask"]
-            maps.append((((mask > 0) & (mask != 255)).to(torch.uint8) * 255))
+            maps.append(((mask > 0) & (mask != 255)).to(torch.uint8) * 255)
             if name == "train":
                 preds.append((mask, bt["labels"]))
         x_m[name] = torch.cat(maps)
