@@ -118,8 +118,9 @@ class ContaCfg:
             attention gets no gradient, see docs/conta.md), "input", or a stage name.
         fusion_init: the new fusion weights start at "zero" (the round starts as the baseline) or "normal"
             (drawn like their neighbours, as the official module's N(0, 0.01) output layer; the default).
-        attn_init: W1, W2 ~ N(0, 0.02) ("official") or "scaled" to the masks (W1 x_m, W2 c_i of order one;
-            the default).
+        attn_init: W1, W2 ~ N(0, 0.02) ("official"), "scaled" to the masks (W1 x_m, W2 c_i of order one), or
+            "match" (the default: scaled, with the prototypes as W1's and W2's rows, so the attention starts as
+            the mask's overlap with each prototype; see :class:`~conta_kit.methods.conta.BackdoorAdjustment`).
         grid: side of the canonical grid of prototypes and W1/W2; None = the classifier's feature-map size.
         prior: P(c): "uniform" (paper) or "freq" (share of training images with the class).
         include_bg: add a background prototype (the official loader drops it).
@@ -143,7 +144,7 @@ class ContaCfg:
     adjustment: str = "backdoor"
     fusion: str = "penultimate"
     fusion_init: str = "normal"
-    attn_init: str = "scaled"
+    attn_init: str = "match"
     grid: int | None = None
     prior: str = "uniform"
     include_bg: bool = False
@@ -160,7 +161,7 @@ class ContaCfg:
         choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),
                    "m_scale": ("paper", "convex", "max"), "xm": ("fg_prob", "fg_binary"),
                    "present": ("label", "pred"), "init": ("scratch", "previous"),
-                   "fusion_init": ("zero", "normal"), "attn_init": ("official", "scaled")}
+                   "fusion_init": ("zero", "normal"), "attn_init": ("official", "scaled", "match")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

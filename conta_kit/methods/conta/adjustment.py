@@ -12,7 +12,7 @@ import torch.nn as nn
 from .confounders import ConfounderSet, to_grid
 
 M_SCALES = ("paper", "convex", "max")
-ATTN_INITS = ("official", "scaled")
+ATTN_INITS = ("official", "scaled", "match")
 
 
 class BackdoorAdjustment(nn.Module):
@@ -28,8 +28,11 @@ class BackdoorAdjustment(nn.Module):
             the paper.
         attn_init: "official" (W1, W2 ~ N(0, 0.02), the official module's) or "scaled" (W2's std 1 / sqrt(mean
             ||c_i||^2) and W1's 1 / sqrt(mean sum c_i), a binary mask's energy being its area: W1 x_m and W2 c_i
-            are O(1) for masks in [0, 1] and the attention logits have unit scale; a deviation from the
-            official code).
+            are O(1) for masks in [0, 1] and the attention logits have unit scale) or "match" (the same scales,
+            with the rows of W1 and W2 the unit-norm prototypes themselves, so alpha starts as the softmax of the
+            mask's overlap with each prototype, x_m^T C^T C c_i: an image's attention starts on the prototypes
+            its mask covers; needs ``embed_dim`` = K). Anything but "official" deviates from the official
+            code.
 
     ``strata(x_m)`` gives the maps of the exact backdoor sum, M_i = s alpha_i c_i with s the image's scale,
     so that sum_i P(c_i) M_i = M (the NWGM approximation evaluates f once at M instead).
@@ -60,6 +63,13 @@ class BackdoorAdjustment(nn.Module):
         for lin, std in ((self.w1, std1), (self.w2, std2)):
             nn.init.normal_(lin.weight, std=std)
             nn.init.zeros_(lin.bias)
+        if attn_init == "match":
+            if d != k:
+                raise ValueError(f"attn_init='match' needs embed_dim = number of prototypes ({k}), got {d}")
+            unit = self.prototypes / self.prototypes.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            with torch.no_grad():  # unit rows carry a mask's area and a prototype's energy; rescale like "scaled"
+                self.w1.weight.copy_(unit * std1 * math.sqrt(h * w / k))
+                self.w2.weight.copy_(unit * std2 * math.sqrt(h * w / k))
 
     def _flat(self, x_m: torch.Tensor) -> torch.Tensor:
         h, w = self.grid
