@@ -49,9 +49,11 @@ GAP_METRICS = ("seed_miou_best", "seed_miou_fixed", "pseudo_miou", "context_reli
 
 def sweep_methods(rounds: int) -> dict[str, tuple[str, int | str]]:
     """The confounding sweep's rows in table order: method name -> (arm, round): baseline, oracle (the
-    baseline trained at rho = chance), CONTA r1..rT, W-OoD, CONTA + W-OoD r1..rT."""
+    baseline trained at rho = chance), CONTA r1..rT, CONTA over ground-truth C and x_m, W-OoD, CONTA + W-OoD
+    r1..rT."""
     out: dict[str, tuple[str, int | str]] = {"baseline": ("plain", 0), "oracle": ("plain", "oracle")}
     out.update({f"CONTA r{t}": ("plain", t) for t in range(1, rounds + 1)})
+    out["CONTA (true C, x_m)"] = ("plain", "conta_gt")
     out["W-OoD"] = ("wood", 0)
     out.update({f"CONTA + W-OoD r{t}": ("wood", t) for t in range(1, rounds + 1)})
     return out

@@ -16,11 +16,13 @@ from conta_kit.summary import sweep_methods
 def test_methods_map_to_arm_and_round():
     m = sweep_methods(2)
     assert m == {"baseline": ("plain", 0), "oracle": ("plain", "oracle"), "CONTA r1": ("plain", 1),
-                 "CONTA r2": ("plain", 2), "W-OoD": ("wood", 0), "CONTA + W-OoD r1": ("wood", 1),
-                 "CONTA + W-OoD r2": ("wood", 2)}
+                 "CONTA r2": ("plain", 2), "CONTA (true C, x_m)": ("plain", "conta_gt"), "W-OoD": ("wood", 0),
+                 "CONTA + W-OoD r1": ("wood", 1), "CONTA + W-OoD r2": ("wood", 2)}
     cfg = arm_cfg(RunCfg.from_params("smoke"), 0.75, "wood")
-    assert cfg.data.cooccurrence == 0.75 and cfg.wood.finetune == "wood" and not cfg.conta.oracle  # one per cell
-    assert arm_cfg(RunCfg.from_params("smoke"), 0.75, "plain").conta.oracle
+    assert cfg.data.cooccurrence == 0.75 and cfg.wood.finetune == "wood"
+    assert not cfg.conta.oracle and not cfg.conta.gt_arm  # one of each per cell
+    plain = arm_cfg(RunCfg.from_params("smoke"), 0.75, "plain")
+    assert plain.conta.oracle and plain.conta.gt_arm
     with pytest.raises(ValueError, match="arm"):
         arm_cfg(cfg, 0.5, "both")
 

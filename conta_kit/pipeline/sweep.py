@@ -3,7 +3,8 @@
 Two arms per (rho, seed), each a resumable CONTA run (:func:`~conta_kit.pipeline.rounds.run_conta`):
 
 * ``plain``: every round's classifier gets ``ft_epochs`` extra epochs of the classification loss alone;
-  round 0 is the **baseline**, rounds 1..T are **CONTA r1..rT**;
+  round 0 is the **baseline**, rounds 1..T are **CONTA r1..rT**; beside them the **oracle** (trained at rho =
+  chance) and **CONTA (true C, x_m)** (one adjusted round over ground-truth ingredients, the method's ceiling);
 * ``wood``: the same extra epochs with W-OoD's terms; round 0 is **W-OoD**, rounds 1..T are
   **CONTA + W-OoD r1..rT**.
 
@@ -60,7 +61,8 @@ def arm_cfg(cfg: RunCfg, rho: float, arm: str) -> RunCfg:
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     return replace(cfg, data=replace(cfg.data, cooccurrence=float(rho)), wood=replace(cfg.wood, finetune=arm),
-                   conta=replace(cfg.conta, oracle=cfg.conta.oracle and arm == "plain"))  # one oracle per cell
+                   conta=replace(cfg.conta, oracle=cfg.conta.oracle and arm == "plain",  # one oracle per cell
+                                 gt_arm=cfg.conta.gt_arm and arm == "plain"))  # and one CONTA on true C, x_m
 
 
 def _arm_run(root: Path, rho: float, arm: str) -> Run:
@@ -118,7 +120,7 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
         out = {}
         for s in cell_layout.seeds():
             seed = cell_layout.seed(s)
-            rnd = seed.oracle if t == "oracle" else seed.round(t)
+            rnd = seed.oracle if t == "oracle" else seed.conta_gt if t == "conta_gt" else seed.round(t)
             if rnd.done:
                 out[s] = read_json(rnd.metrics)
         return out

@@ -53,6 +53,7 @@ class BackdoorAdjustment(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.register_buffer("prototypes", confounders.prototypes.reshape(k, h * w).float().clone())
         self.register_buffer("prior", confounders.prior.float().clone())
+        self.register_buffer("class_ids", confounders.class_ids.clone(), persistent=False)
         self.w1, self.w2 = nn.Linear(h * w, d), nn.Linear(h * w, d)
         self.attn_init = attn_init
         if attn_init == "official":

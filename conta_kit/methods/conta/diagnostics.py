@@ -78,3 +78,42 @@ def layout_statistics(dataset: Any, grid: tuple[int, int], max_images: int | Non
     q = prototype_quality(conf, conf)
     return {"grid": list(grid), "num_images": n, "prototype_cosine": q["within_cosine"],
             "prototypes": conf.prototypes, "heights": heights, "centres_y": centres}
+
+
+def adjustment_health(model: torch.nn.Module, images: torch.Tensor, x_m: torch.Tensor, labels: torch.Tensor
+                      ) -> dict[str, float]:
+    """Is an adjusted classifier's wiring able to act? One backward pass of the multi-label loss on a batch,
+    then, in eval mode: ``grad_rms_ratio`` (RMS gradient per parameter of W1/W2 over the backbone's; 0 means
+    the attention cannot learn), the attention's normalised ``entropy`` (1 = uniform), ``alpha_std`` (how much
+    it differs between images), ``top_is_present_class`` against ``chance`` (mean classes per image / K), and
+    ``logit_share_from_m`` (|f(x, M) - f(x, 0)| / (|f(x, M) - f(x, 0)| + |f(x, 0)|)). Gradients are left on
+    the model."""
+    import math
+
+    import torch.nn.functional as F
+
+    from .adjustment import attention_statistics
+
+    model.train()
+    model.zero_grad()
+    F.multilabel_soft_margin_loss(model(images, x_m), labels).backward()
+
+    def rms(params: list[torch.Tensor]) -> float:
+        with_grad = [p for p in params if p.grad is not None]
+        n = sum(p.numel() for p in with_grad)
+        return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in with_grad) / n) if n else 0.0
+
+    back = rms(list(model.base.backbone.parameters()))
+    ratio = rms(list(model.adjustment.parameters())) / back if back else math.nan
+    model.eval()
+    with torch.no_grad():
+        m, alpha = model.adjust(x_m)
+        with_m, without = model.logits_at(images, m), model.logits_at(images, torch.zeros_like(m))
+    moved = (with_m - without).abs()
+    out = {"grad_rms_ratio": ratio, "logit_share_from_m": float((moved / (moved + without.abs())
+                                                                 .clamp_min(1e-12)).mean())}
+    if alpha is not None:
+        st = attention_statistics(alpha, labels, model.adjustment.class_ids)
+        out.update(entropy=st["entropy"], top_is_present_class=st["top_is_present_class"],
+                   chance=float(labels.sum(1).mean()) / alpha.shape[1], alpha_std=float(alpha.std(0).mean()))
+    return out

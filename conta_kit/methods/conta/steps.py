@@ -111,7 +111,7 @@ def m_statistics(model: ContaClassifier, dataset: Dataset, batch_size: int, devi
                 probs = torch.stack([torch.sigmoid(model.logits_at(x, mi).float()) for mi in strata(xm)])  # (K,B,C)
                 exact = (prior.view(-1, 1, 1) * probs).sum(0)
                 gaps.append((torch.sigmoid(with_m) - exact).abs().cpu())
-                spread += float(probs.std(0).mean()) * len(m)
+                spread += float(probs.std(0, correction=0).mean()) * len(m)
                 n_gap += len(m)
             if alpha is not None:
                 alphas.append(alpha.cpu())
