@@ -88,9 +88,11 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
                  "--runs-root", str(tmp_path), "--no-progress", *_SMALL]) == 0
     (run,) = tmp_path.iterdir()
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m["sweep"]["methods"]) == {"baseline", "oracle", "CONTA r1", "W-OoD", "CONTA + W-OoD r1"}
-    assert (run / "rho_0.5" / "plain" / "seed_0" / "oracle" / "metrics.json").exists()
-    assert not (run / "rho_0.5" / "wood" / "seed_0" / "oracle").exists()  # one oracle per cell
+    assert set(m["sweep"]["methods"]) == {"baseline", "oracle", "CONTA r1", "CONTA (true C, x_m)", "W-OoD",
+                                          "CONTA + W-OoD r1"}
+    for arm in ("oracle", "conta_gt"):  # one oracle and one CONTA over true C, x_m per cell
+        assert (run / "rho_0.5" / "plain" / "seed_0" / arm / "metrics.json").exists()
+        assert not (run / "rho_0.5" / "wood" / "seed_0" / arm).exists()
     assert set(m["sweep"]["methods"]["W-OoD"]) == {"0.5", "0.99"}
     for arm, mode in (("plain", "plain"), ("wood", "wood")):
         r0 = json.loads((run / "rho_0.99" / arm / "seed_0" / "round_0" / "metrics.json").read_text())

@@ -23,6 +23,8 @@ _SWEEP_LABELS = {"seed_miou_fixed": "seed mIoU (fixed thr)", "seed_miou_best": "
 def _method_style(name: str, i: int) -> dict[str, Any]:
     if name == "oracle":  # the reference every method is read against: trained at rho = chance
         return {"color": "tab:green", "linestyle": ":", "marker": "D"}
+    if "true C" in name:  # CONTA's own ceiling: ground-truth ingredients
+        return {"color": "tab:purple", "linestyle": "-.", "marker": "*"}
     wood = "W-OoD" in name
     conta = "CONTA" in name
     palette = sns.color_palette("Blues" if not wood else "Oranges", 5) if conta else None
