@@ -1,6 +1,6 @@
 """Can the backdoor adjustment act? Each wiring of ``ContaCfg`` on ground-truth C and x_m; prints JSON.
 
-    .venv/bin/python benchmarks/bench_wiring.py [--images 400] [--epochs 6] [--threads 1]
+    .venv/bin/python benchmarks/bench_wiring.py [--images 400] [--epochs 6] [--threads 1] > result.json
 
 For every wiring (the paper-literal one, the kit's default and the steps between): the gradient reaching W1/W2
 against the backbone's, the attention's entropy and whether its top prototype is a class of the image (against
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def main() -> None:
         rows[name] = {"options": options, "at_init": init, "trained": {
             "logit_share_from_m": st["logit_share_from_m"], "nwgm_mean_abs_gap": st.get("nwgm", {}).get("mean_abs_gap"),
             **{k: st["attention"][k] for k in ("entropy", "top_is_present_class", "max_alpha")}}}
-        print(json.dumps({name: rows[name]}), flush=True)
+        print(json.dumps({name: rows[name]}), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"images": args.images, "epochs": args.epochs, "wirings": rows}, indent=1))
 
 

@@ -7,7 +7,7 @@ back) and the data, so that every notebook's code is the story it tells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Notebook:
         seed: the layout of the seed folder the CONTA loop writes (``run/seed_<s>/``); None when not trained.
         splits: the datasets by split name. names: the class names.
         history: every round's metrics (round 0 = the baseline); empty when the loop was not run.
+        arms: the metrics of the extra arms that ran beside the rounds (``"oracle"``, ``"conta_gt"``).
     """
 
     cfg: RunCfg
@@ -36,6 +37,7 @@ class Notebook:
     splits: dict[str, Dataset]
     names: list[str]
     history: list[dict[str, Any]]
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def last(self) -> int:
@@ -62,10 +64,12 @@ def notebook_setup(name: str, *, preset: str = "default", smoke: bool = False, o
     """
     cfg = RunCfg.from_params(preset="smoke" if smoke else preset, **(params | dict(overrides or {})))
     run = open_run(run_dir, name, root=runs_root, params=cfg.to_dict(), seed=cfg.seed)
-    seed, history = None, []
+    seed, history, arms = None, [], {}
     if train:
         seed_dir = seed_run(run, cfg)
         history = run_conta(cfg, seed_dir, progress=progress)
         seed = seed_dir.layout
+        conta = seed_dir.metrics.get("conta", {})
+        arms = {k: conta[k] for k in ("oracle", "conta_gt") if conta.get(k)}
     splits = load_splits(cfg)
-    return Notebook(cfg, run, seed, splits, list(splits["train"].class_names), history)
+    return Notebook(cfg, run, seed, splits, list(splits["train"].class_names), history, arms)

@@ -52,7 +52,9 @@ def test_main_sequence_smoke(tmp_path):
     assert {"01_cooccurrence.png", "01_dial.png", "01_samples_train.png", "01_samples_ood.png"} <= figures
     assert {"02_threshold_sweep.png", "02_cams_val.png", "03_prototypes.png", "03_attention.png",
             "04_before_after.png", "04_explorer_static.png", "05_pseudo_masks.png", "05_rounds.png",
-            "06_rounds_this_run.png"} <= figures
+            "06_rounds_this_run.png", "03_prototypes_truth_and_rounds.png", "04_adjustment_1.png",
+            "04_adjustment_conta_gt.png"} <= figures
+    assert set(m["adjustment_story"]) == {"1", "conta_gt"}  # CONTA's round and CONTA over true C, x_m
     index = json.loads((run.path / "index.json").read_text())
     assert [i["status"] for i in index["notebooks"]] == ["ok"] * len(NOTEBOOKS)
     assert (run.path / "index.html").read_text().count("<img") == len(figures)

@@ -115,20 +115,26 @@ def _explorer():
     masks[:, 5:12, 5:12] = 1
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1]])
     cams = {0: {True: torch.rand(3, 3, 20, 20, generator=g)},
-            1: {True: torch.rand(3, 3, 20, 20, generator=g), False: torch.rand(3, 3, 20, 20, generator=g)}}
+            1: {True: torch.rand(3, 3, 20, 20, generator=g), False: torch.rand(3, 3, 20, 20, generator=g)},
+            "conta_gt": {True: torch.rand(3, 3, 20, 20, generator=g), False: torch.rand(3, 3, 20, 20, generator=g)}}
     return CamExplorer(imgs, masks, labels, cams, NAMES)
 
 
 def test_explorer_render_reacts_to_every_setting():
     ex = _explorer()
     base = _pixels(ex.render(0, 0, 1, 0.15, 0.5, True))
-    for change in ({"index": 2}, {"cls": 2}, {"round_index": 0}, {"threshold": 0.6}, {"opacity": 0.9},
-                   {"m_term": False}):
+    for change in ({"index": 2}, {"cls": 2}, {"round_index": 0}, {"round_index": "conta_gt"}, {"threshold": 0.6},
+                   {"opacity": 0.9}, {"m_term": False}):
         kw = {"index": 0, "cls": 0, "round_index": 1, "threshold": 0.15, "opacity": 0.5, "m_term": True, **change}
         assert _pixels(ex.render(**kw)) != base, change
     with pytest.raises(ValueError, match="round 5 not loaded"):
         ex.render(round_index=5)
-    assert isinstance(ex.show(interactive=False), Figure)  # headless: a static grid, nothing waits
+    assert ex.keys == [0, 1, "conta_gt"] and ex.last_round == 1
+    assert "true C and x_m" in ex.render(round_index="conta_gt").axes[0].get_title()
+    grid = ex.show(interactive=False)  # headless: a static grid, nothing waits
+    assert isinstance(grid, Figure)
+    assert [a.get_title().split(": ")[1] for a in grid.axes[:4]] == ["round 0", "round 1", "round 1, M = 0",
+                                                                      "CONTA, true C and x_m"]
 
 
 def test_explorer_widgets_drive_the_output():
@@ -141,6 +147,9 @@ def test_explorer_widgets_drive_the_output():
     after_threshold = _pixels(ex.last_figure)
     ex.controls["m_term"].value = False
     after_toggle = _pixels(ex.last_figure)
+    assert [v for _, v in ex.controls["round_index"].options] == [0, 1, "conta_gt"]
+    ex.controls["round_index"].value = "conta_gt"  # pseudo-mask ingredients -> the true ones
+    assert "true C" in ex.last_figure.axes[0].get_title()
     ex.controls["index"].value = 1  # a new image selects one of its own classes
     assert ex.controls["cls"].value == 1
     assert len({first, after_threshold, after_toggle, _pixels(ex.last_figure)}) == 4
@@ -150,3 +159,25 @@ def test_explorer_rejects_mismatched_cams():
     ex = _explorer()
     with pytest.raises(ValueError, match="cams\\[0\\]\\[True\\] has shape"):
         CamExplorer(ex.images, ex.masks, ex.labels, {0: {True: torch.rand(3, 2, 20, 20)}}, NAMES)
+
+
+def test_plot_adjustment_draws_the_change_the_attention_and_m():
+    from conta_kit.report.viz_conta import plot_adjustment
+
+    ex = _explorer()
+    before, after = ex.cams[0][True][:2, 0], ex.cams[1][True][:2, 0]
+    surround = torch.zeros(2, 20, 20, dtype=torch.long)
+    surround[:, 12:18, 2:18] = 1
+    alpha = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    m = torch.rand(2, 5, 5)
+    fig = plot_adjustment(ex.images[:2], before, after, ex.masks[:2], surround, [0, 0], NAMES, alpha, NAMES, m)
+    grid = [a for a in fig.axes if a.get_label() != "<colorbar>"]  # 5 panels per row
+    assert len(grid) == 10
+    diff = grid[2].images[1].get_array()
+    assert np.allclose(diff, (after[0] - before[0]).numpy())
+    assert [round(b.get_height(), 3) for b in grid[3].patches] == [0.7, 0.2, 0.1]
+    assert grid[3].patches[0].get_facecolor() != grid[3].patches[1].get_facecolor()  # the image's class in colour
+    assert np.allclose(grid[4].images[0].get_array(), m[0].numpy())
+    assert "context: green" in grid[2].get_title()
+    fig = plot_adjustment(ex.images[:2], before, after, ex.masks[:2], None, [0, 0], NAMES, None, [], None)
+    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 6

@@ -1,7 +1,9 @@
 """An interactive CAM explorer (ipywidgets) with a static equivalent for headless runs.
 
-Pick an image, a class and a round; slide the background threshold and the overlay opacity; toggle the
-M term; the CAM, the pseudo-mask it gives and the ground truth update. Everything shown is computed up
+Pick an image, a class and a round (or an arm: ``"conta_gt"``, CONTA over ground-truth C and x_m, so the
+ingredients switch between the pipeline's pseudo-masks and the truth; ``"oracle"``); slide the background
+threshold and the overlay opacity; toggle the M term; the CAM, the pseudo-mask it gives and the ground truth
+update. Everything shown is computed up
 front by :meth:`CamExplorer.from_run`, so moving a control only redraws (:meth:`CamExplorer.render`,
 testable without a browser). Under papermill there is no live front end: call ``show(interactive=False)``
 (what the notebooks do when run by ``conta-kit run``) and a static grid is drawn instead.
@@ -27,7 +29,8 @@ class CamExplorer:
 
     Args:
         images: (N, 3, H, W). masks: (N, H, W) ground truth. labels: (N, C).
-        cams: ``{round: {True: (N, C, H, W), False: ...}}`` (False = without the M term; round 0 has only True).
+        cams: ``{round: {True: (N, C, H, W), False: ...}}`` (False = without the M term; round 0 has only True);
+            a key is a round index or an arm name (``"conta_gt"``, ``"oracle"``).
         class_names: C names.
     """
 
@@ -43,14 +46,26 @@ class CamExplorer:
         self.images, self.masks, self.labels, self.cams = images, masks, labels, cams
         self.class_names = list(class_names)
         self.last_figure: Any = None
+        #: rounds in order, then the arms
+        self.keys: list[int | str] = sorted(k for k in cams if isinstance(k, int)) + \
+            [k for k in cams if not isinstance(k, int)]
+        self.last_round = max((k for k in cams if isinstance(k, int)), default=self.keys[-1])
+
+    @staticmethod
+    def label(key: int | str) -> str:
+        """How a round or an arm is named in titles and the dropdown."""
+        return {"conta_gt": "CONTA, true C and x_m", "oracle": "oracle (rho = chance)"}.get(key, f"round {key}") \
+            if not isinstance(key, int) else f"round {key}"
 
     @classmethod
     def from_run(cls, cfg: RunCfg, seed_dir: str | Path, dataset: Any, split: str = "val",
-                 indices: list[int] | None = None, rounds: list[int] | None = None) -> CamExplorer:
-        """Load every round's classifier from a seed folder of :func:`~conta_kit.pipeline.rounds.run_conta`."""
+                 indices: list[int] | None = None, rounds: list[int | str] | None = None) -> CamExplorer:
+        """Load every round's classifier (and the ``conta_gt`` arm's, where it was run) from a seed folder of
+        :func:`~conta_kit.pipeline.rounds.run_conta`; ``rounds`` picks rounds and arms."""
         layout = RunLayout(seed_dir)
         if rounds is None:
             rounds = [t for t in layout.rounds() if layout.round(t).checkpoint("classifier").exists()]
+            rounds += ["conta_gt"] if layout.conta_gt.final_classifier.exists() else []
         if not rounds:
             raise FileNotFoundError(f"no trained round under {seed_dir}")
         indices = list(range(min(8, len(dataset)))) if indices is None else list(indices)
@@ -59,7 +74,7 @@ class CamExplorer:
         masks = torch.stack([it["mask"] for it in items])
         labels = torch.stack([it["labels"] for it in items])
         b = cfg.baseline
-        cams: dict[int, dict[bool, torch.Tensor]] = {}
+        cams: dict[int | str, dict[bool, torch.Tensor]] = {}
         for r in rounds:
             model, x_m = load_round_classifier(cfg, seed_dir, r, dataset.num_classes)
             if x_m is None:
@@ -75,20 +90,20 @@ class CamExplorer:
         """Class indices present in image ``index``."""
         return torch.nonzero(self.labels[index]).flatten().tolist()
 
-    def render(self, index: int = 0, cls: int | None = None, round_index: int | None = None,
+    def render(self, index: int = 0, cls: int | None = None, round_index: int | str | None = None,
                threshold: float = 0.15, opacity: float = 0.5, m_term: bool = True) -> Any:
         """Figure: the CAM of class ``cls`` over the image, the pseudo-mask at ``threshold``, the ground truth."""
-        r = max(self.cams) if round_index is None else round_index
+        r = self.last_round if round_index is None else round_index
         if r not in self.cams:
-            raise ValueError(f"round {r} not loaded; rounds: {sorted(self.cams)}")
+            raise ValueError(f"round {r!r} not loaded; rounds: {self.keys}")
         present = self.present(index)
         k = (present[0] if present else 0) if cls is None else cls
         cams = self.cams[r][m_term if m_term in self.cams[r] else True]
         fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
         overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
         contours(axes[0], self.masks[index], k + 1)
-        axes[0].set_title(f"CAM {self.class_names[k]}, round {r}" + ("" if m_term or r == 0 else ", M = 0"),
-                          fontsize=9)
+        axes[0].set_title(f"CAM {self.class_names[k]}, {self.label(r)}"
+                          + ("" if m_term or False not in self.cams[r] else ", M = 0"), fontsize=9)
         pseudo = cams_to_labels(cams[index : index + 1], self.labels[index : index + 1], threshold)[0]
         axes[1].imshow(colorize(pseudo), interpolation="nearest")
         axes[1].set_title(f"CAM labels, background {threshold:.2f}", fontsize=9)
@@ -105,8 +120,9 @@ class CamExplorer:
     def static(self, count: int = 3) -> Any:
         """A static equivalent: for the first images, the first round's and the last round's CAM (with and
         without M) side by side."""
-        first, last = min(self.cams), max(self.cams)
+        first, last = self.keys[0], self.last_round
         cols = [(first, True), (last, True)] + ([(last, False)] if False in self.cams[last] else [])
+        cols += [(k, True) for k in self.keys if isinstance(k, str)]
         n = min(count, self.images.shape[0])
         fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.5 * n), squeeze=False)
         for i in range(n):
@@ -115,7 +131,7 @@ class CamExplorer:
             for j, (r, t) in enumerate(cols):
                 overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
                 contours(axes[i, j], self.masks[i], k + 1)
-                axes[i, j].set_title(f"{self.class_names[k]}: round {r}" + ("" if t else ", M = 0"), fontsize=8)
+                axes[i, j].set_title(f"{self.class_names[k]}: {self.label(r)}" + ("" if t else ", M = 0"), fontsize=8)
         fig.tight_layout()
         return fig
 
@@ -129,7 +145,8 @@ class CamExplorer:
             "index": w.IntSlider(0, 0, n - 1, description="image"),
             "cls": w.Dropdown(options=[(c, i) for i, c in enumerate(self.class_names)], value=self._default_cls(0),
                               description="class"),
-            "round_index": w.Dropdown(options=sorted(self.cams), value=max(self.cams), description="round"),
+            "round_index": w.Dropdown(options=[(self.label(k), k) for k in self.keys], value=self.last_round,
+                                      description="round"),
             "threshold": w.FloatSlider(value=0.15, min=0.0, max=1.0, step=0.01, description="background"),
             "opacity": w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity"),
             "m_term": w.Checkbox(value=True, description="M term"),

@@ -202,8 +202,9 @@ def plot_prototypes(prototypes: torch.Tensor, names: Sequence[str], prior: Seque
     return fig
 
 
-def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], rounds: Sequence[int]) -> Figure:
-    """How each prototype changes over rounds: rows = rounds, columns = classes."""
+def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], rounds: Sequence[int | str]) -> Figure:
+    """How each prototype changes over rounds: rows = rounds (an int t is "C after r<t>", a string is its own
+    label, e.g. "ground truth"), columns = classes, one colour scale."""
     r, k = len(sets), sets[0].shape[0]
     fig, axes = plt.subplots(r, k, figsize=(1.3 * k, 1.35 * r + 0.4), squeeze=False)
     vmax = max(max(float(s.max()) for s in sets), 1e-6)
@@ -216,7 +217,7 @@ def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], ro
             if i == 0:
                 ax.set_title(names[j], fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"C after r{rounds[i]}", fontsize=8)
+                ax.set_ylabel(f"C after r{rounds[i]}" if isinstance(rounds[i], int) else str(rounds[i]), fontsize=8)
     fig.tight_layout()
     return fig
 
