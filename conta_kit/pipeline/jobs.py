@@ -20,6 +20,21 @@ from ..summary import summarize
 from .rounds import run_conta, seed_run
 
 
+def die_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a worker process: a daemon thread that ends the process as soon as ``parent`` is gone (a killed
+    kernel or ``conta-kit`` must not leave orphaned workers training)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def _seed_job(cfg: RunCfg, path: str, progress: bool, threads: int | None,
               round0_from: str | None) -> list[dict[str, Any]]:
     if threads:
@@ -33,7 +48,8 @@ def run_jobs(tasks: list[tuple[RunCfg, str, str | None]], jobs: int = 1, *, prog
     """:func:`run_conta` for every ``(cfg, seed folder, round0_from)``; the rounds of each, in order.
 
     ``jobs`` > 1 runs that many at once in spawned processes, the CPU threads split between them (no
-    progress bars there). ``on_done`` is called after each task, in task order.
+    progress bars there); the workers end when this process dies. ``on_done`` is called after each task, in
+    task order.
     """
     out: list[list[dict[str, Any]]] = []
     if jobs <= 1:
@@ -43,7 +59,8 @@ def run_jobs(tasks: list[tuple[RunCfg, str, str | None]], jobs: int = 1, *, prog
                 on_done()
         return out
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         for f in [ex.submit(_seed_job, c, path, False, threads, r0) for c, path, r0 in tasks]:
             out.append(f.result())
             if on_done is not None:
