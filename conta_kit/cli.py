@@ -41,7 +41,10 @@ SWEEP_NOTEBOOK = "07_bench_confounding.ipynb"
 
 
 def _literal(text: str) -> Any:
-    """'0.75' -> 0.75, 'True' -> True, 'None' -> None, anything else stays a string."""
+    """'0.75' -> 0.75, 'True' / 'true' -> True, 'None' / 'none' -> None, anything else stays a string."""
+    low = {"true": True, "false": False, "none": None}
+    if text.strip() in low:
+        return low[text.strip()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -21,3 +21,11 @@ def test_unknown_names_and_bad_values():
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu")
     assert resolve_device("cpu") == "cpu"
+
+
+def test_cli_values_are_python_literals_and_lowercase_booleans():
+    from conta_kit.cli import _literal
+
+    assert [_literal(v) for v in ("0.75", "3", "True", "false", "true", "None", "none", "(1.0, 0.5)", "last")] == \
+        [0.75, 3, True, False, True, None, None, (1.0, 0.5), "last"]
+    assert RunCfg.from_params("smoke", oracle=_literal("false"), gt_arm=_literal("False")).conta.oracle is False
