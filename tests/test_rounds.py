@@ -187,3 +187,31 @@ def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path)
     no_oracle = {"conta": {"rounds": [rnd(0.3, 0.6)]}}
     write_json(run.path / "seed_1" / "metrics.json", no_oracle, overwrite=True)
     assert "| 0.9 | 1 |" in oracle_gap_markdown([run.path])
+
+
+def test_controls_table_compares_the_true_ingredient_arm_with_each_seeds_baseline(tmp_path):
+    from conta_kit.io import write_json
+    from conta_kit.report.markdown import controls_markdown
+
+    def rnd(v):
+        return {"seed": {"miou_best": v}}
+
+    dirs = []
+    for over, gains in (({"rounds": 3}, (0.1, 0.2, 0.3)), ({"rounds": 0, "layout": "uniform"}, (0.0, 0.0, 0.0))):
+        run = Run.create("ctl", tmp_path, params={"overrides": over, "resolved": {"data": {"cooccurrence": 0.9}}})
+        for s, g in enumerate(gains):
+            conta = {"rounds": [rnd(0.3)], "conta_gt": rnd(0.3 + g), **({"oracle": rnd(0.5)} if s < 2 else {})}
+            write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": conta})
+        dirs.append(run.path)
+    text = controls_markdown(dirs)
+    # gains 0.1, 0.2, 0.3: mean 0.2, std 0.1, 95 % half-width 4.303 * 0.1 / sqrt(3) = 0.248; the oracle is
+    # missing for seed 2, so its column is the two seeds that have it
+    assert ("| default (rho 0.9) | 3 | seed_miou_best | 0.300 ± 0.000 | 0.500 ± 0.100 | 0.500 ± 0.000 (2 seeds) | "
+            "0.200 ± 0.100 [-0.048, +0.448] |") in text
+    assert ("| layout=uniform | 3 | seed_miou_best | 0.300 ± 0.000 | 0.300 ± 0.000 | 0.500 ± 0.000 (2 seeds) | "
+            "0.000 ± 0.000 [+0.000, +0.000] |") in text
+    write_json(dirs[1] / "seed_0" / "metrics.json", {"conta": {"rounds": [rnd(0.3)]}}, overwrite=True)
+    (dirs[1] / "seed_1" / "metrics.json").unlink()
+    (dirs[1] / "seed_2" / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="conta_gt"):
+        controls_markdown(dirs)

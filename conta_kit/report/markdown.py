@@ -3,6 +3,7 @@
     python -m conta_kit.report RUN_DIR [--update README.md] [--block conta]
     python -m conta_kit.report --ablations RUN_DIR ... [--round 1] [--seed 0] [--update README.md --block ablations]
     python -m conta_kit.report --oracle-gap RUN_RHO_0.5 RUN_RHO_0.9 ... --update README.md --block oracle-gap
+    python -m conta_kit.report --controls RUN CONTROL_RUN ... --update README.md --block conta-controls
     python -m conta_kit.report --sweep SWEEP_DIR --update README.md --block sweep   # figures -> docs/figures/
     python -m conta_kit.report --sweep SWEEP_DIR SWEEP_DIR ... --update README.md --block wood-ablations
 
@@ -222,6 +223,53 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
             + f"\nRun folders: {folders}\n")
 
 
+CONTROL_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_reliance", "confounding_leakage",
+                   "attention_top_present", "logit_share_from_m")
+
+
+def _difference(a: list[float], b: list[float]) -> str:
+    """(b - a) per seed: mean ± std and the 95 % interval of the mean (one seed: the difference alone)."""
+    d = mean_std([y - x for x, y in zip(a, b)])
+    if len(d["values"]) < 2:
+        return fmt(d)
+    return f"{fmt(d)} [{d['mean'] - d['ci95']:+.3f}, {d['mean'] + d['ci95']:+.3f}]"
+
+
+def controls_markdown(run_dirs: list[str | Path]) -> str:
+    """CONTA over ground-truth C and x_m (the ``conta_gt`` arm) against round 0 of the same seeds, one block of
+    rows per run folder (its ``-p`` overrides name it: the default, the negative controls), with the oracle
+    where the run has it; the difference per seed with its 95 % interval."""
+    rows = []
+    for d in run_dirs:
+        run = Run(d)
+        over = {k: v for k, v in (run.params.get("overrides") or {}).items() if k not in ("rounds", "oracle")}
+        rho = run.params.get("resolved", {}).get("data", {}).get("cooccurrence")
+        name = ", ".join(f"{k}={v}" for k, v in over.items()) or f"default (rho {rho:g})"
+        seeds = []
+        for s in run.layout.seeds():
+            m = Run(run.layout.seed(s).path).metrics.get("conta", {})
+            if m.get("rounds") and m.get("conta_gt"):
+                seeds.append((m["rounds"][0], m["conta_gt"], m.get("oracle")))
+        if not seeds:
+            raise ValueError(f"{run.path} has no seed with round 0 and the conta_gt arm finished")
+        for metric in CONTROL_METRICS:
+            base = [metric_value(b, metric) for b, _, _ in seeds]
+            gt = [metric_value(g, metric) for _, g, _ in seeds]
+            if any(v is None for v in gt):
+                continue
+            orc = [metric_value(o, metric) for _, _, o in seeds if o]
+            has_base = not any(v is None for v in base)
+            orc_cell = fmt(mean_std(orc)) if orc and None not in orc else "—"
+            if orc_cell != "—" and len(orc) < len(seeds):
+                orc_cell += f" ({len(orc)} seeds)"
+            rows.append([name, str(len(seeds)), metric, fmt(mean_std(base)) if has_base else "—",
+                         fmt(mean_std(gt)), orc_cell,
+                         _difference(base, gt) if has_base else "—"])
+    folders = ", ".join(f"`{Path(d).name}`" for d in run_dirs)
+    return (markdown_table(["run", "seeds", "metric", "baseline (round 0)", "CONTA, true C and x_m", "oracle",
+                            "CONTA true - baseline [95 % interval]"], rows) + f"\nRun folders: {folders}\n")
+
+
 def update_block(path: str | Path, block: str, text: str) -> None:
     """Replace the marked block in ``path`` (atomically); the markers must exist."""
     path = Path(path)
@@ -243,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
     p.add_argument("--oracle-gap", action="store_true", help="one `conta-kit conta` run per rho: baseline "
                    "against the oracle and the resolution ceiling")
+    p.add_argument("--controls", action="store_true", help="CONTA over ground-truth ingredients against round 0, "
+                   "one block per run folder (the default and the negative controls)")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--seed", type=int, help="with --ablations: compare this seed of every run")
     p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
@@ -255,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             text = sweep_markdown(args.run_dirs[0], args.figure_dir if args.update else None)
         elif args.oracle_gap:
             text = oracle_gap_markdown(args.run_dirs)
+        elif args.controls:
+            text = controls_markdown(args.run_dirs)
         elif args.ablations:
             text = ablation_markdown(args.run_dirs, args.round, args.seed)
         elif len(args.run_dirs) == 1:
