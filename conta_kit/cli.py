@@ -59,6 +59,22 @@ def notebook_paths(folder: str | Path = NOTEBOOKS) -> list[Path]:
     return paths
 
 
+def preflight(cfg: RunCfg) -> RunCfg:
+    """The checks that need the model registries or torch, made before any run folder exists: the device,
+    the backbone and the segmenter (RunCfg itself checks every type and range)."""
+    from .config import resolve_device
+    from .models import BACKBONES, SEGMENTERS
+
+    resolve_device(cfg.device)
+    if cfg.baseline.backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {cfg.baseline.backbone!r}")
+    if cfg.baseline.segmenter not in SEGMENTERS:
+        raise ValueError(f"segmenter must be one of {sorted(SEGMENTERS)}, got {cfg.baseline.segmenter!r}")
+    if cfg.data_source == "scenes" and cfg.data.image_size < 16:
+        raise ValueError(f"image_size must be >= 16 for the embedded benchmark, got {cfg.data.image_size}")
+    return cfg
+
+
 def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = None, *, runs_root: str | Path = "runs",
                   name: str = "main", notebooks: str | Path = NOTEBOOKS, progress: bool = True,
                   only: list[str] | None = None, run: Run | None = None, params: dict[str, Any] | None = None) -> Run:
@@ -72,7 +88,8 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
     import papermill as pm  # heavy (nbconvert, jupyter client): only the notebook commands need it
 
     overrides = dict(overrides or {})
-    cfg = RunCfg.from_params(preset=preset, **{k: v for k, v in overrides.items() if k not in NOTEBOOK_ONLY})
+    cfg = preflight(RunCfg.from_params(preset=preset, **{k: v for k, v in overrides.items()
+                                                          if k not in NOTEBOOK_ONLY}))
     paths = [Path(notebooks) / n for n in only] if only else notebook_paths(notebooks)
     for p in paths:
         if not p.exists():
@@ -119,12 +136,25 @@ def _write_html_index(run: Run, index: list[dict[str, Any]]) -> None:
 
 def _baseline(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.preset_given, args.preset = args.preset is not None, args.preset or "default"
     try:
         overrides = {k: _literal(v) for k, v in args.param}
-        cfg = RunCfg.from_params(preset=args.preset, **overrides)
-        run = Run(args.resume) if args.resume else Run.create(
-            "baseline", args.runs_root, params={"preset": args.preset, "overrides": overrides,
-                                                "resolved": cfg.to_dict()}, seed=cfg.seed, device=cfg.device)
+        if args.resume:  # the stopped run's own settings; a conflicting command line is refused
+            run = _baseline_run(args.resume)
+            p = run.params
+            asked = {k: v for k, v in overrides.items() if p["overrides"].get(k, object()) != v}
+            if asked or (args.preset_given and args.preset != p["preset"]):
+                raise ValueError(f"{run.path} was made with preset {p['preset']!r} and overrides {p['overrides']}; "
+                                 f"--resume continues it with those (refused: --preset {args.preset!r}, -p {asked})")
+            cfg = preflight(RunCfg.from_params(preset=p["preset"], **p["overrides"]))
+            if "baseline" in run.metrics:
+                print(f"{run.path} is finished; nothing to resume")
+                return 0
+        else:
+            cfg = preflight(RunCfg.from_params(preset=args.preset, **overrides))
+            run = Run.create("baseline", args.runs_root, params={"preset": args.preset, "overrides": overrides,
+                                                                 "resolved": cfg.to_dict()}, seed=cfg.seed,
+                             device=cfg.device)
         m = run_baseline(cfg, run, progress=not args.no_progress, resume=bool(args.resume))
     except (ValueError, FileNotFoundError) as e:
         print(f"conta-kit: error: {e}", file=sys.stderr)
@@ -134,6 +164,19 @@ def _baseline(args: argparse.Namespace) -> int:
           f"pseudo-mask mIoU {m['pseudo']['miou']:.3f}, segmentation mIoU {m['segmentation']['miou']:.3f}, "
           f"{m['timing']['total_s']:.0f} s")
     return 0
+
+
+def _baseline_run(path: str) -> Run:
+    """The run folder of a `conta-kit baseline` run, or a ValueError saying what ``path`` is instead."""
+    folder = Path(path)
+    if not (folder / "params.json").is_file():
+        raise ValueError(f"{folder} is not a run folder (no params.json)")
+    run = Run(folder)
+    p = run.params
+    if "seeds" in p or "rhos" in p.get("overrides", {}) or run.layout.index_json.exists() \
+            or not {"preset", "overrides", "resolved"} <= set(p):
+        raise ValueError(f"{folder} is not a `conta-kit baseline` run")
+    return run
 
 
 def _conta(args: argparse.Namespace) -> int:
@@ -154,7 +197,7 @@ def _conta(args: argparse.Namespace) -> int:
             cfg = RunCfg.from_params(preset=preset, **overrides)
         else:
             overrides, seeds, round0 = {k: _literal(v) for k, v in args.param}, args.seeds, args.round0_from
-            cfg = RunCfg.from_params(preset=args.preset, **overrides)
+            cfg = preflight(RunCfg.from_params(preset=args.preset, **overrides))
             if round0:
                 check_round0_source(cfg, round0, seeds)  # before any folder is made
             path = None
@@ -215,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of numbered notebooks")
     r.add_argument("--no-progress", action="store_true")
     bl = sub.add_parser("baseline", help="run the baseline pipeline (CONTA round 0) into a run folder")
-    bl.add_argument("--preset", default="default", choices=PRESETS)
+    bl.add_argument("--preset", default=None, choices=PRESETS, help="default: 'default' (with --resume: the run's)")
     bl.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     bl.add_argument("--runs-root", default="runs")
     bl.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped baseline run in RUN_DIR")

@@ -10,6 +10,8 @@ four sections and the presets are one table a user reads top to bottom.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -103,6 +105,21 @@ class BaselineCfg:
     def __post_init__(self) -> None:
         if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
             object.__setattr__(self, "pretrained", None)
+        for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cls_lr", "seg_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.cam_scales or any(not v > 0 for v in self.cam_scales):
+            raise ValueError(f"cam_scales must be one or more values > 0, got {self.cam_scales}")
+        if not self.threshold_grid or any(not 0 < v < 1 for v in self.threshold_grid):
+            raise ValueError(f"threshold_grid must be one or more values in (0, 1), got {self.threshold_grid}")
+        for name in ("bg_threshold", "conf_fg", "conf_bg"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -308,7 +325,8 @@ class RunCfg:
 
     @classmethod
     def from_params(cls, preset: str = "default", **params: Any) -> RunCfg:
-        """Build from a preset and flat overrides; ``None`` values keep the preset's value."""
+        """Build from a preset and flat overrides; ``None`` values keep the preset's value. Every value is
+        checked against its field's declared type first (an error names the key, the value and the type)."""
         cfg = cls.preset_cfg(preset)
         subs = {f.name: {g.name for g in fields(getattr(cfg, f.name))} for f in fields(cls)
                 if dataclasses.is_dataclass(getattr(cfg, f.name))}
@@ -321,6 +339,9 @@ class RunCfg:
             if isinstance(v, list):
                 v = tuple(v)
             owner = next((name for name, names in subs.items() if k in names), None)
+            hints = typing.get_type_hints(type(getattr(cfg, owner)) if owner else cls)
+            if k in hints:
+                v = check_type(k, v, hints[k])
             if k in top:
                 top_kw[k] = v
             elif owner is not None:
@@ -344,6 +365,31 @@ class RunCfg:
         subs = {"data": DataCfg, "baseline": BaselineCfg, "conta": ContaCfg, "wood": WOoDConfig}
         kw = {k: (subs[k](**{f: tup(x) for f, x in v.items()}) if k in subs else v) for k, v in d.items()}
         return cls(**kw)
+
+
+def check_type(name: str, value: Any, hint: Any) -> Any:
+    """``value`` if it fits the type ``hint`` (int, float, bool, str, tuples of floats, ``X | None``), else a
+    ValueError naming ``name``; ints are accepted for floats and lists for tuples (returned converted)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"{name} must not be None")
+    if type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        inner = typing.get_args(hint)
+        if not isinstance(value, tuple | list) or (Ellipsis not in inner and len(value) != len(inner)):
+            n = "one or more" if Ellipsis in inner else str(len(inner))
+            raise ValueError(f"{name} must be a tuple of {n} numbers, e.g. (1.0, 0.5), got {value!r}")
+        return tuple(check_type(name, v, inner[0]) for v in value)
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+          bool: isinstance(value, bool), str: isinstance(value, str)}.get(hint, True)
+    if not ok:
+        what = {int: "an integer", float: "a finite number", bool: "True or False", str: "a string"}[hint]
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value) if hint is float else value
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -29,3 +29,53 @@ def test_cli_values_are_python_literals_and_lowercase_booleans():
     assert [_literal(v) for v in ("0.75", "3", "True", "false", "true", "None", "none", "(1.0, 0.5)", "last")] == \
         [0.75, 3, True, False, True, None, None, (1.0, 0.5), "last"]
     assert RunCfg.from_params("smoke", oracle=_literal("false"), gt_arm=_literal("False")).conta.oracle is False
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rounds", "abc", "rounds must be an integer, got 'abc'"),
+    ("cls_epochs", 2.5, "cls_epochs must be an integer, got 2.5"),
+    ("cls_lr", float("nan"), "cls_lr must be a finite number"),
+    ("cls_lr", "fast", "cls_lr must be a finite number"),
+    ("oracle", "yes", "oracle must be True or False"),
+    ("cam_scales", "abc", "cam_scales must be a tuple of one or more numbers"),
+    ("aug_scale", (1.0,), "aug_scale must be a tuple of 2 numbers"),
+    ("cam_scales", (1.0, -0.5), "cam_scales must be one or more values > 0"),
+    ("cls_batch_size", 0, "cls_batch_size must be >= 1"),
+    ("seg_lr", -1.0, "seg_lr must be > 0"),
+    ("threshold_grid", (0.5, 1.5), "threshold_grid must be one or more values in"),
+    ("layout", 3, "layout must be a string"),
+])
+def test_every_option_is_checked_against_its_type_and_range(key, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunCfg.from_params("smoke", **{key: value})
+
+
+def test_types_convert_where_lossless():
+    cfg = RunCfg.from_params("smoke", cls_lr=1, cam_scales=[1, 0.5], grid=None, temperature=2)
+    assert cfg.baseline.cls_lr == 1.0 and isinstance(cfg.baseline.cls_lr, float)
+    assert cfg.baseline.cam_scales == (1.0, 0.5) and cfg.conta.temperature == 2.0
+
+
+def test_cli_refuses_bad_values_before_making_a_folder_and_resume_keeps_the_runs_settings(tmp_path, capsys):
+    from conta_kit.cli import main
+
+    root = tmp_path / "runs"
+    for argv in (["conta", "-p", "rounds", "abc"], ["baseline", "-p", "cls_epochs", "three"],
+                 ["conta", "-p", "image_size", "0"], ["baseline", "-p", "device", "tpu"],
+                 ["conta", "-p", "backbone", "vgg99"], ["baseline", "-p", "segmenter", "unet9"],
+                 ["run", "-p", "cls_lr", "nan"], ["baseline", "--resume", str(tmp_path)]):
+        assert main([*argv, "--runs-root", str(root), "--no-progress"]) == 2, argv
+        assert "conta-kit: error:" in capsys.readouterr().err
+        assert not root.exists() or not any(root.iterdir()), argv
+    run = root / "x_baseline"
+    run.mkdir(parents=True)
+    (run / "params.json").write_text('{"preset": "smoke", "overrides": {"num_train": 8}, "resolved": {}}')
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main(["baseline", "--resume", str(run), "--preset", "default", "--no-progress"]) == 2
+    assert "was made with preset 'smoke'" in capsys.readouterr().err
+    assert main(["baseline", "--resume", str(run), "-p", "num_train", "16", "--no-progress"]) == 2
+    (run / "metrics.json").write_text('{"baseline": {"done": true}}')
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main(["baseline", "--resume", str(run), "--no-progress"]) == 0  # finished: nothing changes
+    assert "nothing to resume" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before

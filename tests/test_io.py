@@ -7,7 +7,17 @@ import torch
 from conta_kit.io import Run, atomic_write_text, open_run, to_jsonable, write_json
 
 
-def test_run_folders_are_new_and_complete(tmp_path):
+def test_run_folders_are_new_and_complete(tmp_path, monkeypatch):
+    import datetime
+
+    import conta_kit.io as kio
+
+    class Frozen(datetime.datetime):  # both folders in the same second, however loaded the machine is
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(kio._dt, "datetime", Frozen)
     a = Run.create("exp", tmp_path, params={"rho": 0.9}, seed=3, device="cpu")
     b = Run.create("exp", tmp_path)
     assert a.path != b.path and a.path.parent == b.path.parent == tmp_path
