@@ -167,8 +167,19 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fmt_ci(stats: dict[str, Any] | None) -> str:
+    """:func:`fmt` followed by the 95 % interval of the mean, ``[lo, hi]``, where there are two values or more."""
+    text = fmt(stats)
+    if not stats or stats.get("ci95") is None or math.isnan(stats["ci95"]):
+        return text
+    return f"{text} [{stats['mean'] - stats['ci95']:+.2f}, {stats['mean'] + stats['ci95']:+.2f}]"
+
+
 def summary_table(summary: dict[str, Any], names: Sequence[str] = ("seed_miou_fixed", "seed_miou_best",
-                  "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance")) -> str:
-    """Rounds x metrics of a :func:`summarize` output (and its oracle and arm rows), every cell by :func:`fmt`."""
+                  "pseudo_miou", "seg_miou", "seed_bf_fixed", "cam_leakage", "context_reliance"),
+                  intervals: bool = False) -> str:
+    """Rounds x metrics of a :func:`summarize` output (and its oracle and arm rows), every cell by :func:`fmt`
+    (with ``intervals``: :func:`fmt_ci`)."""
     rows = summary["rounds"] + summary.get("arms", []) + ([summary["oracle"]] if summary.get("oracle") else [])
-    return markdown_table(["round", *names], ([str(r["round"]), *(fmt(r.get(n)) for n in names)] for r in rows))
+    cell = fmt_ci if intervals else fmt
+    return markdown_table(["round", *names], ([str(r["round"]), *(cell(r.get(n)) for n in names)] for r in rows))

@@ -40,3 +40,11 @@ def test_summary_reads_every_named_metric_and_skips_nan():
     assert metric_value({"seed": {"miou_fixed": True}}, "seed_miou_fixed") is None
     assert set(METRICS) >= {"seed_miou_fixed", "pseudo_miou", "seg_miou", "cam_leakage"}
     assert math.isnan(nanmean([None, float("nan")])) and nanmean([1.0, None, 3.0]) == 2.0
+
+
+def test_fmt_ci_adds_the_interval_of_the_mean():
+    from conta_kit.summary import fmt_ci
+
+    # 4.303 * 0.1 / sqrt(3) = 0.248
+    assert fmt_ci(mean_std([0.1, 0.2, 0.3])) == "0.200 ± 0.100 [-0.05, +0.45]"
+    assert fmt_ci(mean_std([0.1])) == "0.100" and fmt_ci(None) == "—"

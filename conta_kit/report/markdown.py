@@ -89,9 +89,9 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
             "feature grid, scored like the seeds; confounding leakage: CAM mass on the own surround when it is the "
             "paired context minus when unpaired):\n\n" + summary_table(summary, HEALTH))
     if summary.get("oracle"):
-        text += ("\nShare of the baseline-to-oracle gap closed, per seed then mean ± std (0 = baseline, 1 = oracle; "
-                 "95 % intervals in metrics.json):\n\n"
-                 + summary_table({"rounds": summary["rounds"], "arms": summary.get("arms", [])}, GAPS))
+        text += ("\nShare of the baseline-to-oracle gap closed, per seed then mean ± std and the 95 % interval of the "
+                 "mean (0 = baseline, 1 = oracle; unstable where the oracle does not differ from the baseline):\n\n"
+                 + summary_table({"rounds": summary["rounds"], "arms": summary.get("arms", [])}, GAPS, intervals=True))
     text += "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS)
     if prototypes:
         text += "\nPrototype quality:\n\n" + prototype_markdown(run_dir)
