@@ -179,5 +179,7 @@ def test_plot_adjustment_draws_the_change_the_attention_and_m():
     assert grid[3].patches[0].get_facecolor() != grid[3].patches[1].get_facecolor()  # the image's class in colour
     assert np.allclose(grid[4].images[0].get_array(), m[0].numpy())
     assert "context: green" in grid[2].get_title()
+    lim = float((after - before).abs().max())
+    assert grid[2].images[1].get_clim() == grid[7].images[1].get_clim() == (-lim, lim)  # one scale for all rows
     fig = plot_adjustment(ex.images[:2], before, after, ex.masks[:2], None, [0, 0], NAMES, None, [], None)
     assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 6

@@ -17,7 +17,8 @@ def plot_adjustment(images: torch.Tensor, before: torch.Tensor, after: torch.Ten
                     surround: torch.Tensor | None, classes: Sequence[int], names: Sequence[str],
                     alpha: torch.Tensor | None, prototype_names: Sequence[str], m: torch.Tensor | None,
                     titles: tuple[str, str] = ("before (round 0)", "after (CONTA)")) -> Figure:
-    """One row per image: CAM before | CAM after | after - before | attention alpha | M.
+    """One row per image: CAM before | CAM after | after - before | attention alpha | M. The differences share
+    one symmetric colour scale, and the M maps one scale, across all rows.
 
     Args:
         images: (N, 3, H, W). before, after: (N, H, W) CAMs in [0, 1] of class ``classes[i]`` (index k).
@@ -29,13 +30,15 @@ def plot_adjustment(images: torch.Tensor, before: torch.Tensor, after: torch.Ten
     """
     n = images.shape[0]
     cols = 3 + (alpha is not None) + (m is not None)
+    diffs = (after - before).detach().float().cpu()
+    lim = max(float(diffs.abs().max()), 1e-3)  # one symmetric scale for every row: changes compare across images
+    m_max = max(float(m.max()), 1e-6) if m is not None else 1.0
     fig, axes = plt.subplots(n, cols, figsize=(2.5 * cols + 0.6, 2.3 * n), squeeze=False)
     for i in range(n):
         k = int(classes[i])
         overlay(axes[i, 0], images[i], before[i])
         overlay(axes[i, 1], images[i], after[i])
-        diff = (after[i] - before[i]).detach().float().cpu()
-        lim = max(float(diff.abs().max()), 1e-6)
+        diff = diffs[i]
         axes[i, 2].imshow(to_image(images[i]), alpha=0.35)
         im = axes[i, 2].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.85)
         fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.02, label="CAM change")
@@ -60,7 +63,7 @@ def plot_adjustment(images: torch.Tensor, before: torch.Tensor, after: torch.Ten
             axes[i, c].set_xticks(np.arange(len(a)), prototype_names, rotation=90, fontsize=7)
             c += 1
         if m is not None:
-            mi = axes[i, c].imshow(m[i].detach().float().cpu().numpy(), cmap="magma", vmin=0)
+            mi = axes[i, c].imshow(m[i].detach().float().cpu().numpy(), cmap="magma", vmin=0, vmax=m_max)
             fig.colorbar(mi, ax=axes[i, c], fraction=0.046, pad=0.02, label="M")
             axes[i, c].set_xticks([])
             axes[i, c].set_yticks([])
