@@ -187,3 +187,14 @@ def test_nothing_written_when_iterating(tiny_voc):
         ds[i]
     assert tree_snapshot(tiny_voc) == before
     assert not any(Path(p).name.startswith(".") for p in before)
+
+
+def test_a_mask_without_any_class_is_said_once(tmp_path, caplog):
+    img = np.zeros((8, 8, 3), np.uint8)
+    root = write_voc(tmp_path / "voc", {"a": (img, np.full((8, 8), 255, np.uint8)),
+                                        "b": (img, np.pad(np.ones((4, 4), np.uint8), 2))})
+    ds = VOCSegmentation(root, "train")
+    with caplog.at_level("WARNING"):
+        assert ds[0]["labels"].sum() == 0 and ds[0]["labels"].sum() == 0 and ds[1]["labels"].sum() == 1
+    said = [r.getMessage() for r in caplog.records if "holds no class" in r.getMessage()]
+    assert len(said) == 1 and "a.png" in said[0]

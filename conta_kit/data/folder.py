@@ -12,6 +12,7 @@ Nothing is ever written under ``root``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -62,6 +65,7 @@ class SegmentationFolder(Dataset):
     def __init__(self, root: str | Path, split: str = "train", *,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.root = Path(root)
+        self._warned: set[Path] = set()
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root {self.root} does not exist or is not a folder")
         self.split, self.transform = split, transform
@@ -136,6 +140,10 @@ class SegmentationFolder(Dataset):
             raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "
                              f"{image.shape[1]}x{image.shape[0]} (width x height)")
         present = np.bincount(mask.ravel(), minlength=256)[1 : self.num_classes + 1] > 0
+        if not present.any() and mask_path not in self._warned:  # a weak label of nothing: say so, once
+            self._warned.add(mask_path)
+            log.warning("mask %s holds no class (only background or %d): image %s gets no labels", mask_path,
+                        IGNORE_INDEX, img_path)
         item = {
             "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
             "labels": torch.from_numpy(present.astype(np.float32)),
