@@ -93,9 +93,29 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
                  "mean (0 = baseline, 1 = oracle; unstable where the oracle does not differ from the baseline):\n\n"
                  + summary_table({"rounds": summary["rounds"], "arms": summary.get("arms", [])}, GAPS, intervals=True))
     text += "\nDiagnostics of the adjusted classifier (rounds >= 1):\n\n" + summary_table(summary, DIAGNOSTICS)
+    chance = _top_present_chance(run)
+    if chance is not None:
+        text += (f"\nChance level of `attention_top_present` (classes per training image / number of classes, on "
+                 f"the run's train split, seed {run.params['resolved'].get('seed', 0)}): {chance:.3f}.\n")
     if prototypes:
         text += "\nPrototype quality:\n\n" + prototype_markdown(run_dir)
     return text
+
+
+def _top_present_chance(run: Run) -> float | None:
+    """Mean number of classes per training image over the number of classes: how often a prototype picked at
+    random is one of the image's classes (the embedded benchmark's train split, rebuilt from the run's
+    settings; None elsewhere)."""
+    from ..config import RunCfg
+    from ..data.splits import scene_splits
+
+    resolved = run.params.get("resolved")
+    if not resolved or resolved.get("data_source", "scenes") != "scenes":
+        return None
+    cfg = RunCfg.from_dict(resolved)
+    train = scene_splits(cfg.data, seed=cfg.seed, splits=("train",))["train"]
+    per_image = [float(train[i]["labels"].sum()) for i in range(len(train))]
+    return sum(per_image) / len(per_image) / train.num_classes
 
 
 ABLATION_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage",
