@@ -198,8 +198,9 @@ def test_conta_cli_under_two_processes_writes_one_run_with_synchronised_models(t
     assert '"world_size": 2' in params
     for t in (0, 1):
         assert (run / "seed_0" / f"round_{t}" / "metrics.json").exists()
-    assert (run / "seed_0" / "oracle" / "metrics.json").exists()
-    assert len(res[0]["states"]) == len(res[1]["states"]) == 3  # rounds 0 and 1, and the oracle
+    for arm in ("oracle", "conta_gt"):
+        assert (run / "seed_0" / arm / "metrics.json").exists()
+    assert len(res[0]["states"]) == len(res[1]["states"]) == 4  # rounds 0 and 1, the oracle, CONTA on true C, x_m
     for a, b in zip(res[0]["states"], res[1]["states"]):  # DDP kept the ranks' weights equal
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)

@@ -10,6 +10,7 @@ kit has learnt to report since then are new keys, listed but not compared.
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -60,4 +61,10 @@ def test_smoke_numbers_match_the_reference(tmp_path):
     added = []
     diff = differences(ours, ref, new_keys=added)
     print(f"{len(added)} numbers reported since the reference: {sorted(set(added))[:20]}")
+    # Diagnostics whose definition changed on purpose since the reference (not the training): M's logit share
+    # is |f(x, M) - f(x, 0)| / (|f(x, M) - f(x, 0)| + |f(x, 0)|) for every fusion point (it was read off the
+    # head's M column, which only fusion="last" has), and the pooled feature mean it needed is no longer kept.
+    redefined = re.compile(r"^/conta(_wood)?\[\d+\]/m/(logit_share_from_m|feature_mean):")
+    assert len([d for d in diff if redefined.match(d)]) <= 4
+    diff = [d for d in diff if not redefined.match(d)]
     assert not diff, f"{len(diff)} numbers differ from {REFERENCE.name}:\n" + "\n".join(diff[:20])
