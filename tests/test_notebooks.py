@@ -127,3 +127,9 @@ def test_sequence_on_the_voc_layout_with_the_voc_preset(tmp_path):
 def test_voc_preset_needs_a_data_root(tmp_path, capsys):
     assert main(["run", "--preset", "voc", "--runs-root", str(tmp_path)]) == 2
     assert "data_root" in capsys.readouterr().err
+
+
+def test_every_cell_has_an_id():
+    for path in NOTEBOOKS:  # nbformat 4.5: a cell without an id is a validation warning now, an error later
+        nb = nbformat.read(path, as_version=4)
+        assert all(c.get("id") for c in nb.cells), path.name
