@@ -167,12 +167,14 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmt_ci(stats: dict[str, Any] | None) -> str:
-    """:func:`fmt` followed by the 95 % interval of the mean, ``[lo, hi]``, where there are two values or more."""
+def fmt_ci(stats: dict[str, Any] | None, digits: int = 2) -> str:
+    """:func:`fmt` followed by the 95 % interval of the mean, ``[lo, hi]`` to ``digits`` decimals, where there
+    are two values or more."""
     text = fmt(stats)
     if not stats or stats.get("ci95") is None or math.isnan(stats["ci95"]):
         return text
-    return f"{text} [{stats['mean'] - stats['ci95']:+.2f}, {stats['mean'] + stats['ci95']:+.2f}]"
+    lo, hi = stats["mean"] - stats["ci95"], stats["mean"] + stats["ci95"]
+    return f"{text} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def summary_table(summary: dict[str, Any], names: Sequence[str] = ("seed_miou_fixed", "seed_miou_best",

@@ -85,19 +85,9 @@ def test_strata_sum_to_m_and_nwgm_is_exact_with_one_stratum(ingredients):
         torch.manual_seed(0)
         model = build_round_classifier(cfg, 8, c).eval()
         ds = [{**{k: batch[k][i] for k in ("image", "labels")}, "x_m": x_m[i]} for i in range(16)]
-        st = m_statistics(model, _List(ds), 16, torch.device("cpu"), c.class_ids)
+        st = m_statistics(model, ds, 16, torch.device("cpu"), c.class_ids)
         if exact_expected:  # a single stratum: the backdoor sum is f at M itself
             assert st["nwgm"]["mean_abs_gap"] < 1e-6
         else:  # measured 0.001-0.013 (mean |probability gap|); reported in every round's metrics
             assert 0 < st["nwgm"]["mean_abs_gap"] < 0.2
 
-
-class _List(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]

@@ -88,20 +88,16 @@ def run_seeds(cfg: RunCfg, run: Run, seeds: list[int], *, jobs: int = 1, progres
 
 def seed_oracles(run: Run) -> dict[int, dict[str, Any]]:
     """The oracle metrics of every seed folder of ``run`` that has them."""
-    out = {}
-    for s in run.layout.seeds():
-        oracle = Run(run.layout.seed(s).path).metrics.get("conta", {}).get("oracle")
-        if oracle:
-            out[s] = oracle
-    return out
+    return seed_arms(run, ("oracle",)).get("oracle", {})
 
 
-def seed_arms(run: Run) -> dict[str, dict[int, dict[str, Any]]]:
-    """The extra arms (``conta_gt``: CONTA with ground-truth ingredients) of every seed folder that has them."""
+def seed_arms(run: Run, arms: tuple[str, ...] = ("conta_gt",)) -> dict[str, dict[int, dict[str, Any]]]:
+    """Arm -> seed -> metrics of the arms beside the rounds (default ``conta_gt``: CONTA with ground-truth
+    ingredients) in every seed folder that has them."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for s in run.layout.seeds():
         conta = Run(run.layout.seed(s).path).metrics.get("conta", {})
-        for arm in ("conta_gt",):
+        for arm in arms:
             if conta.get(arm):
                 out.setdefault(arm, {})[s] = conta[arm]
     return out

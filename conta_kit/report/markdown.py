@@ -26,7 +26,17 @@ from ..io import Run, atomic_write_bytes, atomic_write_text, read_json
 from ..methods.conta.diagnostics import diagnose_prototypes
 from ..pipeline.jobs import load_summary
 from ..pipeline.sweep import default_detail_rho, load_sweep, sweep_tables
-from ..summary import GAP_METRICS, fmt, gap_closed, markdown_table, mean_std, metric_value, summarize, summary_table
+from ..summary import (
+    GAP_METRICS,
+    fmt,
+    fmt_ci,
+    gap_closed,
+    markdown_table,
+    mean_std,
+    metric_value,
+    summarize,
+    summary_table,
+)
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -249,10 +259,7 @@ CONTROL_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_relianc
 
 def _difference(a: list[float], b: list[float]) -> str:
     """(b - a) per seed: mean ± std and the 95 % interval of the mean (one seed: the difference alone)."""
-    d = mean_std([y - x for x, y in zip(a, b)])
-    if len(d["values"]) < 2:
-        return fmt(d)
-    return f"{fmt(d)} [{d['mean'] - d['ci95']:+.3f}, {d['mean'] + d['ci95']:+.3f}]"
+    return fmt_ci(mean_std([y - x for x, y in zip(a, b)]), digits=3)
 
 
 def controls_markdown(run_dirs: list[str | Path]) -> str:

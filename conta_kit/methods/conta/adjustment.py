@@ -138,7 +138,8 @@ def build_adjustment(kind: str, confounders: ConfounderSet, **kwargs: Any) -> nn
 @torch.no_grad()
 def attention_statistics(alpha: torch.Tensor, labels: torch.Tensor, class_ids: torch.Tensor) -> dict[str, Any]:
     """Summaries of alpha (N, K) over images with labels (N, C): mean weight per prototype, normalised
-    entropy (1 = uniform), and the share of images whose top prototype is one of their classes."""
+    entropy (1 = uniform), the share of images whose top prototype is one of their classes, and that share's
+    chance level (mean classes per image / K)."""
     if alpha.dim() != 2 or alpha.shape[0] != labels.shape[0] or alpha.shape[1] != len(class_ids):
         raise ValueError(f"alpha must be (N, {len(class_ids)}) with N = {labels.shape[0]}, got {tuple(alpha.shape)}")
     a = alpha.double()
@@ -148,4 +149,5 @@ def attention_statistics(alpha: torch.Tensor, labels: torch.Tensor, class_ids: t
     fg = top > 0
     hit[fg] = labels[fg, top[fg] - 1] > 0
     return {"mean_alpha": a.mean(0).tolist(), "entropy": float(ent.mean()), "top_is_present_class": float(
-        hit.double().mean()), "max_alpha": float(a.max(1).values.mean())}
+        hit.double().mean()), "max_alpha": float(a.max(1).values.mean()),
+        "chance": float(labels.double().sum(1).mean()) / a.shape[1]}

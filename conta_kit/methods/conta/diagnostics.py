@@ -93,6 +93,7 @@ def adjustment_health(model: torch.nn.Module, images: torch.Tensor, x_m: torch.T
     import torch.nn.functional as F
 
     from .adjustment import attention_statistics
+    from .steps import logit_share
 
     model.train()
     model.zero_grad()
@@ -109,11 +110,9 @@ def adjustment_health(model: torch.nn.Module, images: torch.Tensor, x_m: torch.T
     with torch.no_grad():
         m, alpha = model.adjust(x_m)
         with_m, without = model.logits_at(images, m), model.logits_at(images, torch.zeros_like(m))
-    moved = (with_m - without).abs()
-    out = {"grad_rms_ratio": ratio, "logit_share_from_m": float((moved / (moved + without.abs())
-                                                                 .clamp_min(1e-12)).mean())}
+    out = {"grad_rms_ratio": ratio, "logit_share_from_m": logit_share(with_m, without)}
     if alpha is not None:
         st = attention_statistics(alpha, labels, model.adjustment.class_ids)
-        out.update(entropy=st["entropy"], top_is_present_class=st["top_is_present_class"],
-                   chance=float(labels.sum(1).mean()) / alpha.shape[1], alpha_std=float(alpha.std(0).mean()))
+        out.update(entropy=st["entropy"], top_is_present_class=st["top_is_present_class"], chance=st["chance"],
+                   alpha_std=float(alpha.std(0).mean()))
     return out

@@ -105,8 +105,7 @@ def m_statistics(model: ContaClassifier, dataset: Dataset, batch_size: int, devi
             m_mean += float(m.mean()) * len(m)
             m_max += float(m.flatten(1).amax(1).sum())
             with_m, without = model.logits_at(x, m).float(), model.logits_at(x, torch.zeros_like(m)).float()
-            from_m = (with_m - without).abs()
-            share += float((from_m / (from_m + without.abs()).clamp_min(1e-12)).mean()) * len(m)
+            share += logit_share(with_m, without) * len(m)
             if strata is not None and n_gap < nwgm_images:
                 probs = torch.stack([torch.sigmoid(model.logits_at(x, mi).float()) for mi in strata(xm)])  # (K,B,C)
                 exact = (prior.view(-1, 1, 1) * probs).sum(0)
@@ -129,6 +128,13 @@ def m_statistics(model: ContaClassifier, dataset: Dataset, batch_size: int, devi
         out["attention"] = attention_statistics(torch.cat(alphas), torch.cat(labels), class_ids)
         out["alpha"] = torch.cat(alphas)
     return out
+
+
+def logit_share(with_m: torch.Tensor, without: torch.Tensor) -> float:
+    """M's share of the logits: the mean over images and classes of |f(x, M) - f(x, 0)| / (|f(x, M) - f(x, 0)|
+    + |f(x, 0)|), from the logits with M and with M = 0 (0: M changes nothing)."""
+    moved = (with_m - without).abs()
+    return float((moved / (moved + without.abs()).clamp_min(1e-12)).mean())
 
 
 def feature_grid(model: torch.nn.Module, cfg: RunCfg) -> tuple[int, int]:
