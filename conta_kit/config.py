@@ -50,9 +50,14 @@ class DataCfg:
             raise ValueError(f"layout must be 'prior' or 'uniform', got {self.layout!r}")
         if not 0.0 <= self.cooccurrence <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {self.cooccurrence}")
-        for f in ("num_train", "num_val", "num_shifted", "num_ood", "image_size"):
+        for f in ("num_train", "num_val", "image_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        for f in ("num_shifted", "num_ood"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
+        if not 0.0 <= self.rider_rate <= 1.0:
+            raise ValueError(f"rider_rate must be in [0, 1], got {self.rider_rate}")
         if self.classifier_images is not None and self.classifier_images < self.num_train:
             raise ValueError(f"classifier_images must be None or >= num_train ({self.num_train}), "
                              f"got {self.classifier_images}")
@@ -189,6 +194,11 @@ class ContaCfg:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"grid must be >= 1 or None, got {self.grid}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 or None, got {self.temperature}")
+        fusions = ("last", "input", "penultimate", "stem", "layer1", "layer2", "layer3", "layer4")
+        if self.fusion not in fusions:  # the stage names of every backbone; the model checks its own
+            raise ValueError(f"fusion must be one of {fusions}, got {self.fusion!r}")
 
 
 @dataclass(frozen=True)

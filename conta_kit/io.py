@@ -11,18 +11,25 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import logging
 import math
 import os
-import platform
-import subprocess
+import pickle
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_TRACKED = ("torch", "torchvision", "numpy", "captum", "papermill", "matplotlib", "seaborn", "pillow", "conta_kit")
+from .layout import RoundLayout, RunLayout
+from .provenance import environment
+
+__all__ = ["RoundLayout", "RunLayout", "Run", "open_run", "atomic_write_bytes", "atomic_write_text",
+           "atomic_torch_save", "write_json", "read_json", "to_jsonable", "load_torch", "check_writable"]
+
+log = logging.getLogger(__name__)
+# free space a run needs before it starts (MiB); CONTA_KIT_MIN_FREE_MB overrides it
+MIN_FREE_MB = 512
 
 
 def _writer() -> bool:
@@ -43,18 +50,83 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False
         return path
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would give: a shared run folder stays readable
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # e.g. "No space left on device" from write(): say which file
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with a clear error for a file that is truncated, empty, not a
+    torch file or holds code (the kit never unpickles code).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming ``path`` when it cannot be read as a checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, AttributeError) as e:
+        size = path.stat().st_size
+        raise ValueError(f"{path}: not a readable torch checkpoint ({size} bytes; {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'empty or truncated file'}); delete it "
+                         f"to redo that step, or restore it") from e
+
+
+def check_writable(root: str | Path, min_free_mb: float | None = None) -> Path:
+    """Check, before any work, that a run can be written under ``root``: its nearest existing ancestor is a
+    writable folder with ``min_free_mb`` MiB free (default :data:`MIN_FREE_MB` or $CONTA_KIT_MIN_FREE_MB).
+    Nothing is created.
+
+    Raises:
+        NotADirectoryError, PermissionError, OSError (ENOSPC): naming the folder.
+    """
+    import errno
+
+    root = Path(root)
+    probe = root
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "runs root must be a folder, not a file", str(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot write here (read-only or not yours)", str(probe))
+    need = float(os.environ.get("CONTA_KIT_MIN_FREE_MB", MIN_FREE_MB) if min_free_mb is None else min_free_mb)
+    free = shutil.disk_usage(probe).free / 2**20
+    if free < need:
+        raise OSError(errno.ENOSPC, f"only {free:.0f} MiB free, a run needs {need:.0f} MiB "
+                      "(set CONTA_KIT_MIN_FREE_MB to change the floor)", str(probe))
+    return root
 
 
 def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
@@ -96,180 +168,6 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current git commit (with ``-dirty`` when the tree has changes), or None outside a repository."""
-    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if sha.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Library versions, Python, platform, seed, device and git commit, as a JSON-ready dict."""
-    versions = {}
-    for name in _TRACKED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                            "versions": versions, "seed": seed, "device": device, "git_commit": git_commit()}
-    try:
-        import torch  # as above: recorded when installed
-
-        info["cuda"] = torch.version.cuda
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-class RoundLayout:
-    """The files of one round's folder (``round_<t>/``; the baseline command writes round 0 into the run
-    folder itself)::
-
-        metrics.json                          the round is done when it exists
-        checkpoints/<stage>/last.pt           stage: classifier, classifier_ft (W-OoD or plain), segmenter
-        artifacts/<name>                      pseudo_masks.pt, attention.pt, wood_prototypes.pt, mined_ood.csv
-        x_m.pt  confounders.pt                the next round's masks (split -> (N, H, W) uint8) and C
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"RoundLayout({str(self.path)!r})"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def done(self) -> bool:
-        return self.metrics.exists()
-
-    def checkpoint_dir(self, stage: str) -> Path:
-        return self.path / "checkpoints" / stage
-
-    def checkpoint(self, stage: str) -> Path:
-        return self.checkpoint_dir(stage) / "last.pt"
-
-    @property
-    def final_classifier(self) -> Path:
-        """The round's classifier after its last stage: the fine-tuned one when the round has it."""
-        ft = self.checkpoint("classifier_ft")
-        return ft if ft.exists() else self.checkpoint("classifier")
-
-    def artifact(self, name: str) -> Path:
-        return self.path / "artifacts" / name
-
-    @property
-    def x_m(self) -> Path:
-        return self.path / "x_m.pt"
-
-    @property
-    def confounders(self) -> Path:
-        return self.path / "confounders.pt"
-
-
-def _indexed(path: Path, prefix: str, cast: Callable[[str], Any]) -> list[Any]:
-    return sorted(cast(p.name[len(prefix):]) for p in path.glob(f"{prefix}*") if p.is_dir())
-
-
-class RunLayout:
-    """Every path of a run folder, named once::
-
-        params.json  env.json  metrics.json  figures/<name>.png  index.html  index.json  report.md
-        seed_<s>/                 a run folder of one seed (``conta-kit conta``, notebooks)
-        round_<t>/                a round (:class:`RoundLayout`)
-        oracle/                   the oracle's round (the baseline trained at rho = chance)
-        conta_gt/                 CONTA with ground-truth ingredients (C and x_m from the true masks)
-        rho_<rho>/<arm>/seed_<s>/ a cell of the confounding sweep
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"RunLayout({str(self.path)!r})"
-
-    @property
-    def params(self) -> Path:
-        return self.path / "params.json"
-
-    @property
-    def env(self) -> Path:
-        return self.path / "env.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
-
-    @property
-    def index_html(self) -> Path:
-        return self.path / "index.html"
-
-    @property
-    def index_json(self) -> Path:
-        return self.path / "index.json"
-
-    @property
-    def report(self) -> Path:
-        """``report.md`` (notebook 06)."""
-        return self.path / "report.md"
-
-    @property
-    def sweep_tables(self) -> Path:
-        """``sweep_tables.md`` (notebook 07)."""
-        return self.path / "sweep_tables.md"
-
-    def figure(self, name: str) -> Path:
-        return self.figures / f"{name}.png"
-
-    def seed(self, seed: int) -> RunLayout:
-        return RunLayout(self.path / f"seed_{seed}")
-
-    def seeds(self) -> list[int]:
-        """The seeds with a folder here, in order."""
-        return _indexed(self.path, "seed_", int)
-
-    def round(self, t: int) -> RoundLayout:
-        return RoundLayout(self.path / f"round_{t}")
-
-    @property
-    def oracle(self) -> RoundLayout:
-        """The interventional oracle: round 0's recipe with the classifier trained at rho = chance."""
-        return RoundLayout(self.path / "oracle")
-
-    @property
-    def conta_gt(self) -> RoundLayout:
-        """CONTA's ceiling arm: one adjusted round over ground-truth C and x_m."""
-        return RoundLayout(self.path / "conta_gt")
-
-    def rounds(self) -> list[int]:
-        """The rounds with a folder here (finished or not), in order."""
-        return _indexed(self.path, "round_", int)
-
-    def sweep_arm(self, rho: float, arm: str) -> RunLayout:
-        return RunLayout(self.path / f"rho_{float(rho):g}" / arm)
-
-    def rhos(self) -> list[float]:
-        """The rhos of a sweep folder, in order."""
-        return _indexed(self.path, "rho_", float)
-
-
-
 class Run:
     """A run folder. Create a new one with :meth:`create`, open an existing one with ``Run(path)``."""
 
@@ -286,7 +184,7 @@ class Run:
         """Make ``<root>/<timestamp>_<name>/`` (a suffix is added rather than reuse a folder)."""
         if not name or any(c in name for c in "/\\") or name.startswith("."):
             raise ValueError(f"run name must be a plain folder name, got {name!r}")
-        root = Path(root)
+        root = check_writable(root)
         root.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         for n in range(1000):
@@ -299,10 +197,15 @@ class Run:
         else:  # pragma: no cover
             raise RuntimeError(f"could not create a new run folder under {root}")
         run = cls(path)
-        run.figures.mkdir()
-        write_json(run.layout.params, params or {})
-        write_json(run.layout.env, environment(seed=seed, device=device))
-        write_json(run.layout.metrics, {})
+        try:
+            run.figures.mkdir()
+            write_json(run.layout.params, params or {})
+            write_json(run.layout.env, environment(seed=seed, device=device))
+            write_json(run.layout.metrics, {})
+        except BaseException:  # e.g. the disk filled up: no half-made run folder is left behind
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        log.info("new run folder %s", path)
         return run
 
     def __repr__(self) -> str:

@@ -63,7 +63,7 @@ def notebook_setup(name: str, *, preset: str = "default", smoke: bool = False, o
         **params: the notebook's own parameters (``seed``, ``device``, ``rounds``, ...); None keeps the preset's.
     """
     cfg = RunCfg.from_params(preset="smoke" if smoke else preset, **(params | dict(overrides or {})))
-    run = open_run(run_dir, name, root=runs_root, params=cfg.to_dict(), seed=cfg.seed)
+    run = open_run(run_dir, name, root=runs_root, params=cfg.to_dict(), seed=cfg.seed, device=cfg.device)
     seed, history, arms = None, [], {}
     if train:
         seed_dir = seed_run(run, cfg)

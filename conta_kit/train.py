@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .io import atomic_torch_save
+from .io import atomic_torch_save, load_torch
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
@@ -161,6 +162,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return atomic_torch_save(path, state)
 
 
+def checkpoint_progress(ckpt_dir: str | Path | None) -> tuple[int, float]:
+    """(epochs done, their recorded seconds) in ``ckpt_dir/last.pt``; (0, 0.0) when there is none."""
+    ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
+    if ckpt is None or not ckpt.exists():
+        return 0, 0.0
+    state = load_torch(ckpt)
+    return int(state["epoch"]) + 1, float(sum(h.get("seconds", 0.0) for h in state.get("history", [])))
+
+
 def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, device: str | torch.device = "cpu",
         collate_fn: Callable | None = None, ckpt_dir: str | Path | None = None, resume: bool = False,
         val_fn: Callable[[nn.Module, int], dict[str, float]] | None = None, progress: bool = True,
@@ -208,7 +218,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
     start = 0
     ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = load_torch(ckpt, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state.get("scaler"):
@@ -216,6 +226,10 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
         start, history = int(state["epoch"]) + 1, list(state.get("history", []))
         if rank == 0:
             log.info("resumed %s from %s at epoch %d", desc, ckpt, start)
+            if start < cfg.epochs:
+                log.warning("%s: the timing this run records covers epochs %d-%d only; the %d earlier epochs took "
+                            "%.0f s (kept in metrics.json as timing.earlier_s)", desc, start + 1, cfg.epochs, start,
+                            sum(h.get("seconds", 0.0) for h in history))
     if cfg.compile:
         model.compile(**({} if cfg.compile is True else {"backend": cfg.compile}))
     step: nn.Module = _LossStep(model, loss_fn)
@@ -230,7 +244,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(seed))  # the workers' base seed
         model.train()
-        running, n = 0.0, 0
+        running, n, t_epoch = 0.0, 0, time.perf_counter()
         # a bar around the loader would create a second iterator (tqdm.auto does), with its own workers
         bar = tqdm(total=len(plan), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
                    leave=False)
@@ -259,7 +273,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: LossFn, cfg: TrainCfg, *, d
             for buf in model.buffers():
                 torch.distributed.broadcast(buf.data, src=0)
         running, n = distributed.all_reduce_sum([running, n], device)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr_end": opt.param_groups[0]["lr"]}
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr_end": opt.param_groups[0]["lr"],
+                                  "seconds": round(time.perf_counter() - t_epoch, 3)}
         if val_fn is not None:
             model.eval()
             record.update(val_fn(model, epoch))

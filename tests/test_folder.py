@@ -169,13 +169,13 @@ def test_coco_mask_converter(tmp_path):
     }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     before = tree_snapshot(src)
-    n = coco_masks.convert(tmp_path / "ann.json", src, tmp_path / "out", "val")
-    assert n == 1  # image 2 has no object and is left out
+    report = coco_masks.convert(tmp_path / "ann.json", src, tmp_path / "out", "val", progress=False)
+    assert (report.kept, report.no_object) == (1, 1)  # image 2 has no object and is left out
     assert tree_snapshot(src) == before
     ds = COCOSegmentation(tmp_path / "out", "val")
     m = ds[0]["mask"]
     assert int(m[3, 3]) == 80 and int(m[6, 6]) == 1 and int(m[9, 11]) == 0  # small instance painted on top
-    assert coco_masks.convert(tmp_path / "ann.json", src, tmp_path / "out", "val") == 1  # resumable
+    assert coco_masks.convert(tmp_path / "ann.json", src, tmp_path / "out", "val").resumed == 1  # resumable
     with pytest.raises(ValueError, match="must not be inside"):
         coco_masks.convert(tmp_path / "ann.json", src, src / "out", "val")
 

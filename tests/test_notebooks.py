@@ -133,3 +133,43 @@ def test_every_cell_has_an_id():
     for path in NOTEBOOKS:  # nbformat 4.5: a cell without an id is a validation warning now, an error later
         nb = nbformat.read(path, as_version=4)
         assert all(c.get("id") for c in nb.cells), path.name
+
+
+def test_a_stopped_run_resumes_with_only_the_unfinished_notebooks(tmp_path, capsys, monkeypatch):
+    """``conta-kit run --resume``: the finished notebook is not executed again, what the failed one wrote is
+    removed before it runs again, a finished run is left untouched, and index.html exists after every exit."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    params = "preset = 'smoke'\nrun_dir = None\nseed = 0\ninteractive = False\noverrides = {}"
+    bodies = {"01_first.ipynb": "from pathlib import Path\nimport time\n"
+                                "Path(run_dir, 'first.txt').write_text(str(time.time_ns()))",
+              "02_second.ipynb": "import os\nfrom pathlib import Path\n"
+                                 "assert not Path(run_dir, 'figures', 'partial.png').exists()\n"
+                                 "Path(run_dir, 'figures', 'partial.png').write_bytes(b'x')\n"
+                                 "assert 'KIT_TEST_STOP' not in os.environ, 'stopped on purpose'"}
+    for name, body in bodies.items():
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, folder / name)
+    root = tmp_path / "runs"
+    args = ["--runs-root", str(root), "--notebooks", str(folder), "--no-progress"]
+    monkeypatch.setenv("KIT_TEST_STOP", "1")  # the kernel inherits it: notebook 02 fails after writing a figure
+    assert main(["run", "--preset", "smoke", *args]) == 2
+    assert "continue with --resume" in capsys.readouterr().err
+    (run,) = root.iterdir()
+    index = json.loads((run / "index.json").read_text())["notebooks"]
+    assert [e["status"] for e in index] == ["ok", "failed"] and (run / "index.html").exists()
+    assert (run / "figures" / "partial.png").exists()
+    first = (run / "first.txt").read_text()
+    monkeypatch.delenv("KIT_TEST_STOP")
+    assert main(["run", "--resume", str(run), "--preset", "default", *args]) == 2  # not its preset
+    assert "--preset default (recorded: smoke)" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run), *args]) == 0  # 02 finds no partial.png from its failed try
+    assert (run / "first.txt").read_text() == first  # 01 was not executed again
+    assert [e["status"] for e in json.loads((run / "index.json").read_text())["notebooks"]] == ["ok", "ok"]
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run), *args]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == stamps

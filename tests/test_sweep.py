@@ -105,9 +105,15 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
     assert (run / "sweep_tables.md").read_text().startswith("**Seed (CAM) mIoU")
     assert "| W-OoD |" in capsys.readouterr().out
     done = run / "rho_0.5" / "wood" / "seed_0" / "round_1" / "metrics.json"
-    stamp = done.stat().st_mtime_ns
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main(["sweep", "--resume", str(run), "--no-progress"]) == 0  # finished: no file changes
+    assert "nothing to resume" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == stamps
+    index = json.loads((run / "index.json").read_text())
+    index["notebooks"][0]["status"] = "failed"  # as if the notebook had been stopped after the last cell trained
+    (run / "index.json").write_text(json.dumps(index))
     assert main(["sweep", "--resume", str(run), "--no-progress"]) == 0  # nothing left to train
-    assert done.stat().st_mtime_ns == stamp
+    assert done.stat().st_mtime_ns == stamps[done]
     assert len(json.loads((run / "metrics.json").read_text())["sweep_wall_s"]) == 2
     assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
     bad = tmp_path / "bad"

@@ -154,3 +154,16 @@ def test_channels_last_and_compile_follow_the_plain_run():
     assert graphs  # the forward went through torch.compile
     with pytest.raises(ValueError, match="compile must be True, False or a torch.compile backend name, got ''"):
         TrainCfg(compile="")
+
+
+def test_a_resumed_fit_keeps_the_earlier_epochs_time_and_says_so(tmp_path, caplog):
+    from conta_kit.train import checkpoint_progress
+
+    cfg = TrainCfg(epochs=1, batch_size=16, lr=0.1, seed=0)
+    hist = fit(Net(), Toy(), multilabel_loss, cfg, ckpt_dir=tmp_path, progress=False)
+    assert hist[0]["seconds"] > 0
+    assert checkpoint_progress(tmp_path) == (1, hist[0]["seconds"]) and checkpoint_progress(tmp_path / "no") == (0, 0)
+    with caplog.at_level("WARNING"):
+        fit(Net(), Toy(), multilabel_loss, dataclasses.replace(cfg, epochs=2), ckpt_dir=tmp_path, resume=True,
+            progress=False)
+    assert any("covers epochs 2-2 only" in r.getMessage() for r in caplog.records)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data import collate
-from ..io import atomic_torch_save, read_json, write_json
+from ..io import atomic_torch_save, load_torch, read_json, write_json
 from ..models.inference import fold_batchnorm, model_fingerprint
 from .analytic import cam_precision, check_options, compute_cams
 
@@ -170,7 +170,7 @@ def load_cams(out_dir: str | Path) -> Iterator[tuple[int, torch.Tensor]]:
         raise ValueError(f"the CAM shards in {out} are not complete; run cams_to_shards again to finish them")
     expected = 0
     for name in index["shards"]:
-        shard = torch.load(out / name, map_location="cpu", weights_only=True)
+        shard = load_torch(out / name, map_location="cpu")
         for i, k, cam in zip(shard["indices"].tolist(), shard["keys"], shard["cams"]):
             if i != expected:
                 raise ValueError(f"{out / name} holds image {i} where image {expected} was expected")

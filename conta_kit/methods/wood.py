@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ..config import RunCfg, WOoDConfig
 from ..data import collate
 from ..infer import batches
-from ..io import RoundLayout, atomic_torch_save, atomic_write_text
+from ..io import RoundLayout, atomic_torch_save, atomic_write_text, load_torch
 from ..models import eval_mode
 from ..train import TrainCfg, fit, multilabel_loss
 
@@ -312,14 +312,14 @@ def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset],
         log.warning("W-OoD: the pool has %d images, fewer than k=%d: using k=%d centres", len(pool), w.k, k)
     record["k"] = k
     if state_path.exists():
-        protos_by_epoch = torch.load(state_path, map_location="cpu", weights_only=True)
+        protos_by_epoch = load_torch(state_path, map_location="cpu")
     else:
         protos_by_epoch = {0: build_prototypes(model, data["train"], pool, k=k, iters=w.kmeans_iters, seed=cfg.seed,
                                                init=w.kmeans_init, batch_size=b.eval_batch_size, device=device,
                                                progress=progress)}
         atomic_torch_save(state_path, protos_by_epoch)
     last = ckpt_dir / "last.pt"
-    start = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1 if resume and last.exists() else 0
+    start = int(load_torch(last, map_location="cpu")["epoch"]) + 1 if resume and last.exists() else 0
     protos, centres = protos_by_epoch[max(e for e in protos_by_epoch if e <= start)]
     loss = WOoDLoss(w, _collate_all(pool), protos, centres, w.ood_batch_size or b.cls_batch_size, augment)
 

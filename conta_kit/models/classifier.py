@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..io import load_torch
 from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, imagenet_state
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
             path = Path(pretrained)
             if not path.is_file():
                 raise FileNotFoundError(f"pretrained weights file {path} not found")
-            state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+            state, source = load_torch(path, map_location="cpu"), str(path)
         net.load_torchvision_state(state, source)
     if detach_until == "irnet":
         detach_until = "layer2" if is_resnet else None

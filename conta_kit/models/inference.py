@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..io import load_torch
+
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -89,7 +91,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch(path, map_location="cpu")
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     try:
         model.load_state_dict(state)

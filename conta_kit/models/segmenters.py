@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..io import load_torch
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, conv_bn, pw_bn
 
 
@@ -53,7 +54,7 @@ class TorchvisionSegmenter(nn.Module):
             path = Path(pretrained_backbone)
             if not path.is_file():
                 raise FileNotFoundError(f"backbone weights file {path} not found")
-            state = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+            state = {k: v for k, v in load_torch(path, map_location="cpu").items()
                      if not k.startswith("fc.")}
             missing, unexpected = self.net.backbone.load_state_dict(state, strict=False)
             if unexpected:

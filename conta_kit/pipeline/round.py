@@ -36,7 +36,7 @@ from ..methods.conta.steps import (
 from ..methods.wood import finetune_classifier
 from ..metrics import multilabel_map
 from ..models import build_segmenter
-from ..train import TrainCfg, fit, multilabel_loss, segmentation_loss
+from ..train import TrainCfg, checkpoint_progress, fit, multilabel_loss, segmentation_loss
 from .evaluate import evaluate_cams, evaluate_segmenter
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,10 @@ def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, prog
         if adjusted:
             raise ValueError("classifier_train is for round 0 recipes (the oracle), not adjusted rounds")
         data["classifier_train"] = classifier_train
-    timing: dict[str, float] = {}
+    timing: dict[str, Any] = {}
+    # a resumed round: the epochs trained before the stop are timed from their checkpoints, not lost
+    earlier = {stage: checkpoint_progress(rnd.checkpoint_dir(stage))[1] if resume else 0.0
+               for stage in ("classifier", "classifier_ft", "segmenter")}
     clock = time.perf_counter()
     t0 = clock
 
@@ -218,6 +221,12 @@ def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, prog
         build_next_round(cfg, seg, splits, rnd, device, progress, grid=feature_grid(model, cfg))
         lap("next_round_s")
     timing["total_s"] = time.perf_counter() - t0
+    if any(earlier.values()):
+        timing["earlier_s"] = {k: round(v, 3) for k, v in earlier.items() if v}
+        timing["total_with_earlier_s"] = timing["total_s"] + sum(earlier.values())
+        log.warning("resumed round %d: total_s (%.0f s) covers this run only; with the epochs trained before the "
+                    "stop: %.0f s (timing.total_with_earlier_s)", round_index, timing["total_s"],
+                    timing["total_with_earlier_s"])
     metrics = {
         "round": round_index, "adjusted": adjusted,
         "classifier": {**cls_scores, "history": hist},

@@ -23,7 +23,7 @@ import torch
 from .. import distributed
 from ..config import RunCfg, WOoDConfig, resolve_device
 from ..data.splits import load_splits, oracle_train
-from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, read_json, to_jsonable, write_json
+from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, load_torch, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
 from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid, ground_truth_ingredients
 from ..models import build_classifier, build_segmenter, load_checkpoint
@@ -133,7 +133,7 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
         distributed.barrier()  # the other ranks read what rank 0 wrote (C, x_m) only after it is there
         if t < last:
             conf = ConfounderSet.load(rnd.confounders)
-            x_m = torch.load(rnd.x_m, map_location="cpu", weights_only=True)
+            x_m = load_torch(rnd.x_m, map_location="cpu")
     arms: dict[str, Any] = {}
     if cfg.conta.oracle and cfg.data_source == "scenes":
         arms["oracle"] = run_oracle(cfg, run, splits, progress)
@@ -197,11 +197,11 @@ def load_round_classifier(cfg: RunCfg, seed_dir: str | Path, round_index: int | 
         conf = ConfounderSet.load(gt.artifact("confounders.pt"))
         model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)
         load_checkpoint(model, gt.final_classifier)
-        return model.eval(), torch.load(gt.artifact("x_m.pt"), map_location="cpu", weights_only=True)
+        return model.eval(), load_torch(gt.artifact("x_m.pt"), map_location="cpu")
     if round_index > 0:
         prev = layout.round(round_index - 1)
         conf = ConfounderSet.load(prev.confounders)
-        x_m = torch.load(prev.x_m, map_location="cpu", weights_only=True)
+        x_m = load_torch(prev.x_m, map_location="cpu")
     model = build_round_classifier(cfg, num_classes, conf, load_pretrained=False)  # weights come from the checkpoint
     load_checkpoint(model, layout.round(round_index).final_classifier)
     return model.eval(), x_m

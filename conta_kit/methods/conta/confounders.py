@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...io import atomic_torch_save
+from ...io import atomic_torch_save, load_torch
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
@@ -64,7 +64,7 @@ class ConfounderSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"confounder set {path} not found")
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = load_torch(path, map_location="cpu")
         try:
             cs = cls(d["prototypes"], d["prior"], d["counts"], d["class_ids"])
         except (KeyError, TypeError, ValueError) as e:

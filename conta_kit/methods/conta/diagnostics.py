@@ -12,7 +12,7 @@ import torch
 from ...config import RunCfg
 from ...data import collate
 from ...data.splits import load_splits
-from ...io import RunLayout, read_json
+from ...io import RunLayout, load_torch, read_json
 from .confounders import ConfounderSet, build_confounder_set, prototype_quality
 
 
@@ -47,7 +47,7 @@ def diagnose_prototypes(seed_dir: str | Path, cfg: RunCfg | None = None) -> list
         object_share = pixels[0] / max(pixels[1], 1)
         row = {"round": t, **prototype_quality(conf, ref_by_grid[conf.grid])}
         if rnd.x_m.exists():  # how much of the image the segmenter calls foreground, against the truth
-            row["x_m_mean_train"] = float(torch.load(rnd.x_m, weights_only=True)["train"].float().mean() / 255)
+            row["x_m_mean_train"] = float(load_torch(rnd.x_m)["train"].float().mean() / 255)
             row["object_pixel_share_train"] = object_share
         out.append(row)
     return out

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ...config import RunCfg
 from ...infer import batches, predict_masks
-from ...io import RoundLayout, atomic_torch_save
+from ...io import RoundLayout, atomic_torch_save, load_torch
 from ...models import build_classifier, eval_mode
 from .adjustment import attention_statistics, build_adjustment
 from .classifier import ContaClassifier
@@ -76,7 +76,7 @@ def start_from_previous(model: ContaClassifier, previous: RoundLayout, round_ind
     weights stay new: C is this round's). A round-0 checkpoint holds a plain classifier: its keys get
     ``base.``."""
     path = previous.final_classifier
-    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    state = load_torch(path, map_location="cpu")["model"]
     if not any(k.startswith("base.") for k in state):
         state = {f"base.{k}": v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("adjustment.")}
