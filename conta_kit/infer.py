@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .data import collate
 from .models.inference import eval_mode
+from .progress import tqdm
 
 
 def batches(dataset: Dataset, batch_size: int, device: torch.device, desc: str = "batches",

@@ -226,13 +226,14 @@ class Run:
         metrics[section] = values
         write_json(self.layout.metrics, metrics, overwrite=True)
 
-    def save_figure(self, fig: Any, name: str, *, dpi: int = 110, overwrite: bool = False) -> Path:
-        """Save a matplotlib Figure as ``figures/<name>.png`` atomically; refuses to overwrite unless told
-        (a resumed sweep redraws its own figures)."""
+    def save_figure(self, fig: Any, name: str, *, dpi: int = 110, overwrite: bool = False) -> None:
+        """Save a matplotlib Figure as ``run.layout.figure(name)`` (``figures/<name>.png``) atomically; refuses to
+        overwrite unless told (a resumed sweep redraws its own figures). Returns nothing, so a notebook cell that
+        ends with it shows the figure and no path."""
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         self.figures.mkdir(exist_ok=True)
-        return atomic_write_bytes(self.figures / f"{name}.png", buf.getvalue(), overwrite=overwrite)
+        atomic_write_bytes(self.layout.figure(name), buf.getvalue(), overwrite=overwrite)
 
 
 def open_run(run_dir: str | Path | None, name: str, *, root: str | Path = "runs",

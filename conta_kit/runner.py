@@ -4,7 +4,6 @@ stopped run resumable, and the run's ``index.html``."""
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from pathlib import Path
@@ -113,9 +112,11 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
                       "overrides": {k: list(v) if isinstance(v, tuple) else v  # papermill writes lists
                                     for k, v in overrides.items() if k not in NOTEBOOK_ONLY},
                       **{k: v for k, v in overrides.items() if k in NOTEBOOK_ONLY}}
+            if progress:  # the notebook's own log (epochs, rounds) streams below this line
+                log.info("[%d/%d] %s", paths.index(nb) + 1, len(paths), nb.name)
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3", language="python",
-                                    progress_bar=progress, cwd=str(nb.parent))
+                                    progress_bar=False, log_output=progress, cwd=str(nb.parent))
             except pm.PapermillExecutionError as e:
                 entry.update(status="failed", seconds=round(time.perf_counter() - t0, 2))
                 raise RuntimeError(f"notebook {nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
@@ -149,16 +150,9 @@ def _clean_stopped_notebook(run: Run, entry: dict[str, Any] | None) -> None:
 
 
 def _write_html_index(run: Run, index: list[dict[str, Any]]) -> None:
-    rows = "".join(f"<tr><td><a href='{html.escape(i['notebook'])}'>{html.escape(i['notebook'])}</a></td>"
-                   f"<td>{i['status']}</td><td>{i.get('seconds', '')}</td></tr>" for i in index)
-    figs = "".join(f"<figure><img src='figures/{html.escape(p.name)}' style='max-width:100%'>"
-                   f"<figcaption>{html.escape(p.stem)}</figcaption></figure>"
-                   for p in sorted(run.figures.glob("*.png")))
-    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(run.path.name)}</title>"
-            f"<h1>{html.escape(run.path.name)}</h1><table border=1><tr><th>notebook</th><th>status</th>"
-            f"<th>seconds</th></tr>{rows}</table><p><a href='metrics.json'>metrics.json</a> · "
-            f"<a href='params.json'>params.json</a> · <a href='env.json'>env.json</a></p>{figs}")
-    atomic_write_text(run.layout.index_html, page, overwrite=True)
+    from .report.index_page import build  # matplotlib-free, but only the notebook runner needs it
+
+    atomic_write_text(run.layout.index_html, build(run, index), overwrite=True)
 
 
 def finished(run: Run, notebooks: list[str]) -> bool:

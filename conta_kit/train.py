@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import distributed
 from .io import atomic_torch_save, load_torch
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]

@@ -59,6 +59,17 @@ def test_main_sequence_smoke(tmp_path):
     assert [i["status"] for i in index["notebooks"]] == ["ok"] * len(NOTEBOOKS)
     assert (run.path / "index.html").read_text().count("<img") == len(figures)
     assert json.loads((run.path / "params.json").read_text())["preset"] == "smoke"
+    # every notebook ends with its conclusion, written from the run's numbers, and index.html shows it
+    assert set(m["conclusions"]) == {nb.stem for nb in NOTEBOOKS}
+    assert f"{rounds[0]['seed']['miou_best']:.3f}" in m["conclusions"]["02_classifier_cams"]
+    page = (run.path / "index.html").read_text()
+    assert "Headline numbers" in page and "Baseline CAMs." in page and "nan" not in page
+    for nb in NOTEBOOKS:  # no stray reprs, no frozen widget bars in the executed copies
+        text = (run.path / nb.name).read_text()
+        assert "PosixPath(" not in text and "widget-view+json" not in text, nb.name
+    env = json.loads((run.path / "env.json").read_text())
+    assert env["device"] in ("cpu", "cuda") and env["device_requested"] == "auto"
+    assert (run.path / "params.json").stat().st_mode & 0o044  # readable by group and others (umask 022)
 
 
 @pytest.mark.slow
@@ -84,6 +95,13 @@ def test_notebook_runs_on_its_own(tmp_path):
                         parameters={"smoke": True, "run_dir": str(earlier), "interactive": False}, cwd=str(nb.parent))
     assert (earlier / "seed_0" / "round_1" / "metrics.json").stat().st_mtime_ns == stamp
     assert json.loads((earlier / "metrics.json").read_text())["report"]["rounds"] == 2
+    # notebook 04 alone under papermill, as the README shows it, without `interactive`: a headless run is
+    # detected and the explorer's static grid drawn (no widget waits for a front end)
+    nb04 = next(p for p in NOTEBOOKS if p.name.startswith("04"))
+    pm.execute_notebook(str(nb04), str(tmp_path / "04.ipynb"), kernel_name="python3", progress_bar=False,
+                        parameters={"smoke": True, "run_dir": str(earlier)}, cwd=str(nb.parent))
+    assert (earlier / "figures" / "04_explorer_static.png").exists()
+    assert "widget-view+json" not in (tmp_path / "04.ipynb").read_text()
 
 
 def test_failing_notebook_names_notebook_and_cell(tmp_path):

@@ -39,8 +39,8 @@ def test_plots_draw_their_inputs():
     masks[:, 4:10, 4:10] = 1
 
     fig = viz.plot_cam_overlay(imgs[0], cams[0], "cow", mask=masks[0], label=1)
-    (ax,) = fig.axes
-    assert ax.get_title() == "cow" and len(ax.images) == 2
+    ax, bar = fig.axes  # the panel and its colour bar
+    assert ax.get_title() == "cow" and len(ax.images) == 2 and bar.get_label() == "<colorbar>"
     assert np.allclose(_array(ax.images[0]), imgs[0].permute(1, 2, 0).numpy())  # the photo, then the CAM on it
     assert np.allclose(_array(ax.images[1]), cams[0].numpy()) and ax.images[1].get_clim() == (0.0, 1.0)
     assert ax.collections, "the ground-truth contour is missing"
@@ -52,7 +52,7 @@ def test_plots_draw_their_inputs():
     assert len(image_axes) == 8  # 2 rows x (image, before, after, difference), plus colorbars
     assert [a.get_title() for a in image_axes[:4]] == ["image", "baseline (round 0)", "CONTA", "after - before"]
     assert image_axes[0].get_ylabel() == "cow" and image_axes[4].get_ylabel() == "car"
-    assert np.allclose(_array(image_axes[3].images[0]), (after[0] - cams[0]).numpy(), atol=1e-6)
+    assert np.allclose(_array(image_axes[3].images[-1]), (after[0] - cams[0]).numpy(), atol=1e-6)
     _pixels(fig)
 
     protos = torch.rand(3, 6, 6)
@@ -63,7 +63,7 @@ def test_plots_draw_their_inputs():
     _pixels(fig)
 
     fig = viz.plot_prototype_rounds([protos, protos * 0.5], NAMES, [0, 1])
-    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "C after r1"
+    assert len(fig.axes) == 7 and fig.axes[3].get_ylabel() == "C after r1"  # 6 panels and one colour bar
     assert np.allclose(_array(fig.axes[4].images[0]), protos[1].numpy() * 0.5)
     _pixels(fig)
 
@@ -90,7 +90,7 @@ def test_plots_draw_their_inputs():
     fig = viz.plot_round_curves(summary, ["seed_miou_fixed"])
     line = fig.axes[0].lines[0]
     assert np.allclose(line.get_xdata(), [0, 1]) and np.allclose(line.get_ydata(), [0.25, 0.3])
-    assert fig.axes[0].get_xlabel() == "round"
+    assert fig.axes[0].get_xlabel() == "round (0 = baseline)"
     _pixels(fig)
 
     fig = viz.plot_masks_grid(imgs, {"gt": masks, "pseudo": masks.flip(-1)})

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data import collate
 from ..io import atomic_torch_save, load_torch, read_json, write_json
 from ..models.inference import fold_batchnorm, model_fingerprint
+from ..progress import tqdm
 from .analytic import cam_precision, check_options, compute_cams
 
 SHARD_FORMAT = "conta_kit.cam_shards/1"

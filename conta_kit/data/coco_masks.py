@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes, atomic_write_text
+from ..progress import tqdm
 from .folder import COCO_CATEGORY_IDS, IGNORE_INDEX
 
 log = logging.getLogger(__name__)

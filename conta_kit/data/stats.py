@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from .scenes import ConfoundedScenes
 from .transforms import collate
 

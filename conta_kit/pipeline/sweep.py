@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..cam import compute_cams
 from ..config import DataCfg, RunCfg
 from ..data import collate
 from ..data.splits import load_splits
 from ..io import Run, RunLayout, read_json
+from ..progress import tqdm
 from ..summary import (
     GAP_METRICS,
     finite,

@@ -21,7 +21,7 @@ from ..cam import cams_to_labels, compute_cams
 from ..config import RunCfg
 from ..io import RunLayout
 from ..pipeline.rounds import load_round_classifier
-from .viz import colorize, contours, overlay, to_image
+from .draw import cam_colorbar, class_legend, class_to_show, colorize, contours, overlay, to_image
 
 
 class CamExplorer:
@@ -100,7 +100,7 @@ class CamExplorer:
         k = (present[0] if present else 0) if cls is None else cls
         cams = self.cams[r][m_term if m_term in self.cams[r] else True]
         fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
-        overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
+        im = overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
         contours(axes[0], self.masks[index], k + 1)
         axes[0].set_title(f"CAM {self.class_names[k]}, {self.label(r)}"
                           + ("" if m_term or False not in self.cams[r] else ", M = 0"), fontsize=9)
@@ -114,25 +114,42 @@ class CamExplorer:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
+        cam_colorbar(fig, im, axes[0])
         self.last_figure = fig
         return fig
 
-    def static(self, count: int = 3) -> Any:
-        """A static equivalent: for the first images, the first round's and the last round's CAM (with and
-        without M) side by side."""
+    def static(self, count: int = 3, threshold: float = 0.15) -> Any:
+        """What the widget shows, for the first images at once: the CAM of the first round, the last round (and
+        without M) and the extra arms, the last round's CAM labels at ``threshold`` and the ground truth; one CAM
+        colour bar, a label legend. The class of a row: the present class with the largest CAM mass."""
         first, last = self.keys[0], self.last_round
         cols = [(first, True), (last, True)] + ([(last, False)] if False in self.cams[last] else [])
         cols += [(k, True) for k in self.keys if isinstance(k, str)]
         n = min(count, self.images.shape[0])
-        fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.5 * n), squeeze=False)
+        width = len(cols) + 2
+        fig, axes = plt.subplots(n, width, figsize=(2.4 * width + 0.6, 2.4 * n + 0.9), squeeze=False,
+                                 layout="constrained")
+        im, shown = None, set()
         for i in range(n):
-            present = self.present(i)
-            k = present[0] if present else 0
+            k = class_to_show(self.cams[last][True][i], self.labels[i])
             for j, (r, t) in enumerate(cols):
-                overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
+                im = overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
                 contours(axes[i, j], self.masks[i], k + 1)
                 axes[i, j].set_title(f"{self.class_names[k]}: {self.label(r)}" + ("" if t else ", M = 0"), fontsize=8)
-        fig.tight_layout()
+            pseudo = cams_to_labels(self.cams[last][True][i : i + 1], self.labels[i : i + 1], threshold)[0]
+            axes[i, -2].imshow(colorize(pseudo), interpolation="nearest")
+            axes[i, -2].set_title(f"CAM labels, {self.label(last)}\nbackground threshold {threshold:.2f}", fontsize=8)
+            axes[i, -1].imshow(to_image(self.images[i]))
+            axes[i, -1].imshow(colorize(self.masks[i]), alpha=0.6, interpolation="nearest")
+            axes[i, -1].set_title("ground truth", fontsize=8)
+            shown |= set(self.present(i))
+            for ax in axes[i, -2:]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        cam_colorbar(fig, im, axes[:, : len(cols)])
+        class_legend(fig, self.class_names, sorted(shown))
+        fig.suptitle("The explorer's views, side by side (the widget lets you pick image, class, round, threshold)",
+                     fontsize=9)
         return fig
 
     def widget(self) -> Any:
@@ -174,6 +191,18 @@ class CamExplorer:
         present = self.present(index)
         return present[0] if present else 0
 
-    def show(self, interactive: bool = True) -> Any:
-        """The widget in a live front end; the static grid otherwise (headless, papermill)."""
-        return self.widget() if interactive else self.static()
+    def show(self, interactive: bool | None = None) -> Any:
+        """The widget where a person is looking, the static grid otherwise. ``interactive=None`` decides: the
+        widget in a live front end with ipywidgets installed, the static grid in a headless run (papermill,
+        nbconvert) or without ipywidgets; ``True`` asks for the widget (static, with a note, when ipywidgets is
+        missing)."""
+        from ..notebook import headless
+
+        if interactive is None:
+            interactive = not headless()
+        if interactive:
+            try:
+                return self.widget()
+            except ImportError:
+                print("ipywidgets is not installed (pip install 'conta_kit[notebooks]'): the static view instead")
+        return self.static()

@@ -15,35 +15,25 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-
-def label_palette(n: int = 256) -> np.ndarray:
-    """VOC's bit-interleaved colour map: (n, 3) uint8; id 255 is drawn white."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    if n > 255:
-        pal[255] = (255, 255, 255)
-    return pal
-
-
-def colorize(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(H, W) integer label map -> (H, W, 3) uint8 image; negative ids (no context) are black."""
-    m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.int64)
-    return np.where(m[..., None] < 0, 0, label_palette()[np.clip(m, 0, 255)]).astype(np.uint8)
-
-
-def to_image(image: torch.Tensor) -> np.ndarray:
-    return image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+from .draw import (  # noqa: E402,F401 - the primitives, importable from here too
+    class_legend,
+    colorize,
+    contours,
+    label_palette,
+    overlay,
+    to_image,
+)
+from .viz_cams import (  # noqa: E402,F401 - the CAM and mask figures, importable from here too
+    plot_cam_before_after,
+    plot_cam_grid,
+    plot_cam_overlay,
+    plot_masks_grid,
+    plot_threshold_sweep,
+)
 
 
 def plot_cooccurrence(matrix: Sequence[Sequence[float]], names: Sequence[str],
-                      title: str = "P(column present | row present)") -> Figure:
+                      title: str = "Which classes appear together? P(column present | row present)") -> Figure:
     """Heat map of a (C, C) label co-occurrence matrix."""
     m = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.55 * len(names)))
@@ -75,6 +65,7 @@ def plot_scenes(dataset: Any, indices: Sequence[int], context: bool = True) -> F
     if rows == 3:
         axes[2, 0].set_ylabel("context mask")
     fig.tight_layout()
+    class_legend(fig, names, context=rows == 3)
     return fig
 
 
@@ -89,12 +80,13 @@ def plot_pairing(rhos: Sequence[float], measured: Sequence[float], chance: float
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Does the dial do what it says? (riders off)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def plot_layout(heights: Sequence[Sequence[float]], centres: Sequence[Sequence[float]], names: Sequence[str],
-                title: str = "where each class sits (from the ground-truth masks)") -> Figure:
+                title: str = "Where does each class sit, and how big is it? (ground-truth masks)") -> Figure:
     """Per class, the spread of object heights and of vertical centres (fractions of the image side; 0 = top)."""
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.45 * len(names) + 1.2), sharey=True)
     for ax, data, label in ((axes[0], heights, "object height / image side"),
@@ -108,81 +100,26 @@ def plot_layout(heights: Sequence[Sequence[float]], centres: Sequence[Sequence[f
     return fig
 
 
-def plot_class_bars(values: Sequence[float], names: Sequence[str], ylabel: str, title: str = "") -> Figure:
-    """Bar chart of one number per class (NaN bars are left empty)."""
+def plot_class_bars(values: Sequence[float], names: Sequence[str], ylabel: str, title: str = "",
+                    ref: float | None = None, ref_label: str = "") -> Figure:
+    """Bar chart of one number per class (NaN bars are left empty), with an optional horizontal reference line
+    (e.g. the configured rho)."""
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(names), 3.0))
     ax.bar(range(len(names)), [np.nan if v is None else v for v in values], color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel(ylabel)
+    if ref is not None:
+        ax.axhline(ref, color="tab:red", ls="--", lw=1, label=ref_label or f"{ref:g}")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     return fig
 
 
-def overlay(ax: Any, image: torch.Tensor, heat: torch.Tensor | None, alpha: float = 0.5, cmap: str = "jet",
-             vmin: float = 0.0, vmax: float = 1.0) -> Any:
-    ax.imshow(to_image(image))
-    im = None
-    if heat is not None:
-        im = ax.imshow(heat.detach().cpu().numpy(), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
-
-
-def contours(ax: Any, mask: torch.Tensor, label: int, color: str = "white") -> None:
-    m = (mask.cpu().numpy() == label).astype(float)
-    if 0 < m.sum() < m.size:
-        ax.contour(m, levels=[0.5], colors=color, linewidths=1.0)
-
-
-def plot_cam_overlay(image: torch.Tensor, cam: torch.Tensor, title: str = "", alpha: float = 0.5,
-                     mask: torch.Tensor | None = None, label: int | None = None) -> Figure:
-    """One CAM (H, W) in [0, 1] over its image (3, H, W), with the ground-truth contour of ``label``."""
-    fig, ax = plt.subplots(figsize=(3.2, 3.2))
-    overlay(ax, image, cam, alpha)
-    if mask is not None and label is not None:
-        contours(ax, mask, label)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cam_before_after(images: torch.Tensor, before: torch.Tensor, after: torch.Tensor, masks: torch.Tensor,
-                          classes: Sequence[int], names: Sequence[str],
-                          titles: tuple[str, str] = ("baseline (round 0)", "CONTA")) -> Figure:
-    """Rows of image | CAM before | CAM after | difference (after - before), ground-truth contours drawn.
-
-    Args:
-        images: (N, 3, H, W). before, after: (N, H, W) CAMs of class ``classes[i]`` (index k, label k + 1).
-        masks: (N, H, W) ground truth.
-    """
-    n = images.shape[0]
-    fig, axes = plt.subplots(n, 4, figsize=(9.2, 2.3 * n), squeeze=False)
-    for i in range(n):
-        k = int(classes[i])
-        axes[i, 0].imshow(to_image(images[i]))
-        axes[i, 0].set_ylabel(names[k], fontsize=9)
-        overlay(axes[i, 1], images[i], before[i])
-        overlay(axes[i, 2], images[i], after[i])
-        diff = (after[i] - before[i]).detach().cpu()
-        lim = max(float(diff.abs().max()), 1e-6)
-        im = axes[i, 3].imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
-        for ax in axes[i, 1:]:
-            contours(ax, masks[i], k + 1, "black" if ax is axes[i, 3] else "white")
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    for ax, t in zip(axes[0], ("image", *titles, "after - before")):
-        ax.set_title(t, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def plot_prototypes(prototypes: torch.Tensor, names: Sequence[str], prior: Sequence[float] | None = None,
-                    title: str = "") -> Figure:
-    """Gallery of the confounder prototypes c_i (K, h, w), each titled with its class and P(c_i)."""
+                    title: str = "", colorbar: str = "mask value (one scale for all panels)") -> Figure:
+    """Gallery of the confounder prototypes c_i (K, h, w), each titled with its class and P(c_i), on one
+    colour scale with its bar."""
     k = prototypes.shape[0]
     cols = min(k, 8)
     rows = math.ceil(k / cols)
@@ -194,11 +131,12 @@ def plot_prototypes(prototypes: torch.Tensor, names: Sequence[str], prior: Seque
         if i >= k:
             ax.axis("off")
             continue
-        ax.imshow(prototypes[i].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
+        im = ax.imshow(prototypes[i].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
         ax.set_title(names[i] + (f"\nP={float(prior[i]):.3f}" if prior is not None else ""), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label=colorbar)
     return fig
 
 
@@ -211,7 +149,7 @@ def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], ro
     for i, s in enumerate(sets):
         for j in range(k):
             ax = axes[i, j]
-            ax.imshow(s[j].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
+            im = ax.imshow(s[j].cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -219,11 +157,12 @@ def plot_prototype_rounds(sets: Sequence[torch.Tensor], names: Sequence[str], ro
             if j == 0:
                 ax.set_ylabel(f"C after r{rounds[i]}" if isinstance(rounds[i], int) else str(rounds[i]), fontsize=8)
     fig.tight_layout()
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label="mask value (one scale)")
     return fig
 
 
 def plot_attention(alpha: torch.Tensor, names: Sequence[str], row_labels: Sequence[str] | None = None,
-                   title: str = "attention alpha per image") -> Figure:
+                   title: str = "Which prototype does each image attend to? (alpha)") -> Figure:
     """Heat map of alpha (N, K): one row per image, one column per prototype (rows sum to one)."""
     a = alpha.detach().cpu().numpy()
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * a.shape[1], 0.8 + 0.28 * a.shape[0]))
@@ -246,6 +185,8 @@ def plot_confusion(matrix: torch.Tensor | np.ndarray, names: Sequence[str], norm
                 vmin=0, vmax=1 if normalize else None, cbar_kws={"shrink": 0.7})
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
+    if normalize:
+        title = (title + "\n" if title else "") + "row-normalised: each ground-truth row sums to 1"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -268,78 +209,29 @@ def plot_grouped_bars(groups: dict[str, Sequence[float]], names: Sequence[str], 
 
 
 def plot_round_curves(summary: dict[str, Any], metrics: Sequence[str], title: str = "") -> Figure:
-    """Mean ± std over seeds of each metric against the round (the ``summary`` of ``rounds.run_seeds``)."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    for name in metrics:
-        rows = [r for r in summary["rounds"] if name in r]
-        if not rows:
-            continue
-        x = [r["round"] for r in rows]
-        mean = np.array([r[name]["mean"] for r in rows])
-        std = np.array([0.0 if r[name]["std"] is None or np.isnan(r[name]["std"]) else r[name]["std"] for r in rows])
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=name)
-    ax.set_xlabel("round")
-    ax.set_xticks(sorted({r["round"] for r in summary["rounds"]}))
-    ax.set_title(title or f"mean ± std over seeds {summary.get('seeds')}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_masks_grid(images: torch.Tensor, rows: dict[str, torch.Tensor]) -> Figure:
-    """Columns = images; first row the images, then one row per named (N, H, W) label map."""
-    n = images.shape[0]
-    r = 1 + len(rows)
-    fig, axes = plt.subplots(r, n, figsize=(1.8 * n, 1.85 * r), squeeze=False)
-    for j in range(n):
-        axes[0, j].imshow(to_image(images[j]))
-        for i, m in enumerate(rows.values(), start=1):
-            axes[i, j].imshow(colorize(m[j]), interpolation="nearest")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for i, name in enumerate(["image", *rows], start=0):
-        axes[i, 0].set_ylabel(name, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_threshold_sweep(sweep: dict[str, dict[str, float]], chosen: float, fixed: float,
-                         title: str = "seed mIoU on val against the background threshold") -> Figure:
-    """The val sweep that picks the background threshold (``metrics[seed][val_sweep]``)."""
-    ts = sorted(float(t) for t in sweep)
-    vals = [sweep[str(t)]["miou"] if str(t) in sweep else sweep[f"{t}"]["miou"] for t in ts]
-    fig, ax = plt.subplots(figsize=(4.4, 3.0))
-    ax.plot(ts, vals, "o-", ms=3)
-    ax.axvline(chosen, c="tab:green", ls="--", lw=1, label=f"best on val ({chosen:.2f})")
-    ax.axvline(fixed, c="tab:red", ls=":", lw=1, label=f"IRNet fixed ({fixed:.2f})")
-    ax.set_xlabel("background threshold")
-    ax.set_ylabel("mIoU")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cam_grid(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
-                  names: Sequence[str], per_image: int = 3) -> Figure:
-    """One row per image: the image, then the CAM of each present class (up to ``per_image``) with its
-    ground-truth contour. cams: (N, C, H, W)."""
-    n = images.shape[0]
-    fig, axes = plt.subplots(n, 1 + per_image, figsize=(2.1 * (1 + per_image), 2.1 * n), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(to_image(images[i]))
-        present = torch.nonzero(labels[i]).flatten().tolist()[:per_image]
-        for j in range(per_image):
-            ax = axes[i, 1 + j]
-            if j < len(present):
-                k = present[j]
-                overlay(ax, images[i], cams[i, k])
-                contours(ax, masks[i], k + 1)
-                ax.set_title(names[k], fontsize=8)
-            else:
-                ax.axis("off")
-        axes[i, 0].set_xticks([])
-        axes[i, 0].set_yticks([])
-    fig.tight_layout()
+    """Mean ± std over seeds of each metric against the round (the ``summary`` of ``rounds.run_seeds``): scores
+    (mIoU, boundary F; higher is better) and context measures (leakage, reliance; lower is better) on panels
+    of their own, each with its y label."""
+    families = {"score (higher is better)": [m for m in metrics if "miou" in m or "bf" in m],
+                "context measure (lower is better)": [m for m in metrics if not ("miou" in m or "bf" in m)]}
+    families = {k: v for k, v in families.items() if v}
+    fig, axes = plt.subplots(1, len(families), figsize=(5.0 * len(families), 3.4), squeeze=False,
+                             layout="constrained")
+    for ax, (ylabel, names) in zip(axes[0], families.items()):
+        for name in names:
+            rows = [r for r in summary["rounds"] if name in r]
+            if not rows:
+                continue
+            x = [r["round"] for r in rows]
+            mean = np.array([r[name]["mean"] for r in rows])
+            std = np.array([0.0 if r[name]["std"] is None or np.isnan(r[name]["std"]) else r[name]["std"]
+                            for r in rows])
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=name)
+        ax.set_xlabel("round (0 = baseline)")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({r["round"] for r in summary["rounds"]}))
+        ax.legend(fontsize=7)
+    seeds = summary.get("seeds") or []
+    spread = "mean ± std over seeds " + str(seeds) if len(seeds) > 1 else f"one seed {seeds}: no spread"
+    fig.suptitle(title + (" · " if title else "") + spread, fontsize=9)
     return fig
