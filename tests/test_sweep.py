@@ -103,6 +103,7 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
     assert {"07_sweep_headline.png", "07_sweep_per_class.png", "07_sweep_reliance_ood.png",
             "07_sweep_ood_cams.png"} <= figures
     assert (run / "sweep_tables.md").read_text().startswith("**Seed (CAM) mIoU")
+    assert "share of the baseline-oracle gap" in m["conclusions"]["07_bench_confounding"]
     assert "| W-OoD |" in capsys.readouterr().out
     done = run / "rho_0.5" / "wood" / "seed_0" / "round_1" / "metrics.json"
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*")}

@@ -35,6 +35,7 @@ from ..summary import (
     GAP_METRICS,
     finite,
     fmt,
+    fmt_ci,
     gap_closed,
     markdown_table,
     mean_std,
@@ -148,7 +149,8 @@ def summarize_sweep(root: str | Path) -> dict[str, Any]:
                 if lists:
                     cell[f"per_class_{key}"] = [nanmean([row[i] for row in lists]) for i in range(len(lists[0]))]
             table.setdefault(name, {})[f"{rho:g}"] = cell
-    for pattern in ("rho_*/*/seed_*/round_*/metrics.json", "rho_*/*/seed_*/oracle/metrics.json"):
+    for pattern in ("rho_*/*/seed_*/round_*/metrics.json", "rho_*/*/seed_*/oracle/metrics.json",
+                    "rho_*/*/seed_*/conta_gt/metrics.json"):
         for f in root.glob(pattern):
             seconds += read_json(f).get("timing", {}).get("total_s", 0.0)
     return {"rhos": rhos, "rounds": rounds, "methods": table, "compute_s": seconds}
@@ -171,10 +173,11 @@ def sweep_tables(summary: dict[str, Any], detail_rho: float | None = None) -> st
                           ("confounding_leakage", "Confounding leakage: CAM mass on the own surround when it is "
                            "the paired context minus when unpaired (lower is better)"),
                           ("gap_seed_miou_best", "Share of the baseline-to-oracle gap closed, seed mIoU at the "
-                           "val threshold (0 = baseline, 1 = oracle)"),
+                           "val threshold (0 = baseline, 1 = oracle; mean ± std [95 % interval] over seeds)"),
                           ("ceiling_miou_best", "Resolution ceiling: ground truth pooled to the feature grid, "
                            "scored like the seeds")):
-        rows = ([name, *(fmt((cells.get(r) or {}).get(metric)) for r in rhos)] for name, cells in _ordered(summary))
+        cell = fmt_ci if metric.startswith("gap_") else fmt  # the gap with its 95 % interval over seeds
+        rows = ([name, *(cell((cells.get(r) or {}).get(metric)) for r in rhos)] for name, cells in _ordered(summary))
         out.append(f"**{title}**\n\n" + markdown_table(["method", *(f"rho {r}" for r in rhos)], rows))
     if detail_rho is None:
         detail_rho = default_detail_rho(summary)

@@ -219,3 +219,22 @@ def report(summary: dict[str, Any]) -> str:
             f"{_f(mean(last, 'cam_leakage'))}. " + (ONE_SEED if len(summary.get("seeds", [])) < 2 else
                                                      "Mean over the seeds above; the table gives the spread.")
             + " The run's `index.html` puts these numbers beside the figures.")
+
+
+def sweep(summary: dict[str, Any]) -> str:
+    """07: the share of the oracle's gap each method closes, per rho, with intervals over seeds."""
+    from ..summary import fmt, fmt_ci, markdown_table
+
+    rhos = [f"{r:g}" for r in summary.get("rhos", [])]
+    methods = summary.get("methods", {})
+    base, oracle = methods.get("baseline", {}), methods.get("oracle", {})
+    gaps = [[f"{name}"] + [fmt_ci(cells.get(r, {}).get("gap_seed_miou_best")) for r in rhos]
+            for name, cells in methods.items() if name not in ("baseline", "oracle")]
+    diff = [["seed mIoU: baseline"] + [fmt(base.get(r, {}).get("seed_miou_best")) for r in rhos],
+            ["seed mIoU: oracle"] + [fmt(oracle.get(r, {}).get("seed_miou_best")) for r in rhos]]
+    return ("**What the sweep shows.** The baseline against the oracle (trained at rho = chance) at every rho, "
+            "mean ± std over seeds:\n\n" + markdown_table(["", *rhos], diff) + "\n\nThe share of the baseline-oracle "
+            "gap in seed mIoU each method closes, per seed against that seed's baseline and oracle (0: the baseline, "
+            "1: the oracle, below 0: worse than the baseline), mean ± std [95 % interval over seeds]; an interval "
+            "that holds 0 is no measurable change, and where the oracle is not ahead of the baseline the share "
+            "is not meaningful:\n\n" + markdown_table(["method", *rhos], gaps))
