@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--round0-from", metavar="RUN_DIR", help="reuse round 0 (the baseline) of RUN_DIR's seeds "
                     "(same seed, data and baseline settings), e.g. to ablate CONTA's options")
     sw = sub.add_parser("sweep", parents=[common], help="the confounding benchmark: baseline, CONTA, W-OoD and "
-                        "both over rho and seeds (runs notebook 07)")
+                        "both over rho and seeds (runs notebook 08)")
     sw.add_argument("--preset", default=None, choices=PRESETS, help="default: 'bench' (with --resume: the run's)")
     sw.add_argument("--rhos", type=float, nargs="+", default=None, help="default: 0.5 0.75 0.9 0.99")
     sw.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")

@@ -108,7 +108,7 @@ class RunLayout:
 
     @property
     def sweep_tables(self) -> Path:
-        """``sweep_tables.md`` (notebook 07)."""
+        """``sweep_tables.md`` (notebook 08)."""
         return self.path / "sweep_tables.md"
 
     def figure(self, name: str) -> Path:

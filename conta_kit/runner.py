@@ -15,8 +15,9 @@ from .io import Run, atomic_write_text, read_json, write_json
 log = logging.getLogger(__name__)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # notebook parameters that are not RunCfg fields (everything else is validated by RunCfg.from_params)
-NOTEBOOK_ONLY = frozenset({"interactive", "summary_dir", "ablation_dirs", "runs_root", "rhos", "seeds", "jobs"})
-SWEEP_NOTEBOOK = "07_bench_confounding.ipynb"
+NOTEBOOK_ONLY = frozenset({"interactive", "summary_dir", "ablation_dirs", "runs_root", "rhos", "seeds", "jobs",
+                           "photos_dir"})
+SWEEP_NOTEBOOK = "08_bench_confounding.ipynb"
 
 
 
@@ -59,8 +60,10 @@ def check_notebook_params(params: dict[str, Any]) -> None:
         if k == "rhos" and (not isinstance(v, (list, tuple)) or not v or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)):
             raise ValueError(f"parameter rhos must be a non-empty list of numbers in [0, 1], got {v!r}")
-        if k in ("summary_dir", "runs_root") and v is not None and not isinstance(v, str):
+        if k in ("summary_dir", "runs_root", "photos_dir") and v is not None and not isinstance(v, str):
             raise ValueError(f"parameter {k} must be a folder path, got {v!r}")
+        if k == "photos_dir" and v is not None and not Path(v).is_dir():
+            raise FileNotFoundError(f"photos_dir {v}: no such folder")
         if k == "ablation_dirs" and v is not None and (not isinstance(v, (list, tuple))
                                                        or not all(isinstance(x, str) for x in v)):
             raise ValueError(f"parameter ablation_dirs must be a list of folder paths, got {v!r}")

@@ -270,7 +270,8 @@ for _key, _value, _names in _OPTION_VALUES:
     for _command in ("baseline", "conta"):
         CASES.append(Case(f"{_command} -p {_key} {_value}", _p(_command, _key, _value), _names))
 for _key, _value, _names in [("rounds", "abc", "rounds"), ("cls_lr", "nan", "cls_lr"), ("interactive", "3",
-                             "interactive"), ("seeds", "[1, 1]", "seeds"), ("jobs", "0", "jobs")]:
+                             "interactive"), ("seeds", "[1, 1]", "seeds"), ("jobs", "0", "jobs"),
+                             ("photos_dir", "/no/such/photos", "photos_dir")]:
     CASES.append(Case(f"run -p {_key} {_value}", _p("run", _key, _value), _names))
 CASES += [
     Case("sweep -p rounds abc", _p("sweep", "rounds", "abc"), "rounds"),

@@ -78,3 +78,35 @@ def test_the_voc_preset_runs_end_to_end_on_a_real_photo_from_imagenet_weights_of
     params = json.loads((run / "params.json").read_text())
     assert params["resolved"]["baseline"]["pretrained"] == "imagenet"
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_real_photo_helpers_read_a_folder_score_a_cam_and_say_what_cannot_be_scored(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conta_kit import photos as ph
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 5:25] = 11  # a dining table
+    mask[20:28, 30:38] = 9  # a chair, smaller
+    mask[0, :] = 255
+    Image.fromarray(mask).save(tmp_path / "a.mask.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    found = ph.folder_photos(tmp_path)
+    assert [p.name for p in found] == ["a.jpg", "b.png"] and found[1].mask is None
+    assert found[0].image.shape == (3, 30, 40) and ph.present_voc(found[0].mask) == ["diningtable", "chair"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # read only
+    m = found[0].mask
+    perfect = (m == 11).float()
+    s = ph.score(perfect, m, 11)
+    assert s["iou"] == 1.0 and s["cam_mass_on_object"] == 1.0 and s["cam_mass_on_other_classes"] == 0.0
+    assert s["boundary_f"] == 1.0 and s["best_iou_over_thresholds"] == 1.0
+    spill = perfect.clone()
+    spill[20:28, 30:38] = 1.0  # the table's CAM on the chair too
+    assert 0 < ph.score(spill, m, 11)["cam_mass_on_other_classes"] < 1 and ph.score(spill, m, 11)["iou"] < 1
+    assert ph.VOC_TO_IMAGENET["person"] == ()  # ImageNet has no person class: not scored, and the notebook says so
+    with pytest.raises(FileNotFoundError, match="photos folder"):
+        ph.folder_photos(tmp_path / "none")

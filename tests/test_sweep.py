@@ -83,7 +83,7 @@ _SMALL = ["-p", "num_train", "48", "-p", "num_val", "24", "-p", "num_shifted", "
 
 
 @pytest.mark.slow
-def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
+def test_sweep_cli_runs_notebook_08_and_resumes(tmp_path, capsys):
     assert main(["sweep", "--preset", "smoke", "--rhos", "0.5", "0.99", "--seeds", "0", "--jobs", "1",
                  "--runs-root", str(tmp_path), "--no-progress", *_SMALL]) == 0
     (run,) = tmp_path.iterdir()
@@ -100,10 +100,10 @@ def test_sweep_cli_runs_notebook_07_and_resumes(tmp_path, capsys):
         params = json.loads((run / "rho_0.99" / arm / "seed_0" / "params.json").read_text())
         assert params["resolved"]["data"]["cooccurrence"] == 0.99
     figures = {p.name for p in (run / "figures").glob("*.png")}
-    assert {"07_sweep_headline.png", "07_sweep_per_class.png", "07_sweep_reliance_ood.png",
-            "07_sweep_ood_cams.png"} <= figures
+    assert {"08_sweep_headline.png", "08_sweep_per_class.png", "08_sweep_reliance_ood.png",
+            "08_sweep_ood_cams.png"} <= figures
     assert (run / "sweep_tables.md").read_text().startswith("**Seed (CAM) mIoU")
-    assert "share of the baseline-oracle gap" in m["conclusions"]["07_bench_confounding"]
+    assert "share of the baseline-oracle gap" in m["conclusions"]["08_bench_confounding"]
     assert "| W-OoD |" in capsys.readouterr().out
     done = run / "rho_0.5" / "wood" / "seed_0" / "round_1" / "metrics.json"
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*")}

@@ -14,7 +14,7 @@ from typing import Any
 from ..io import Run
 
 SEQUENCE = ("01_data", "02_classifier_cams", "03_prototypes", "04_cams_before_after", "05_pseudo_segmentation",
-            "06_report")
+            "06_report", "07_real_photos")
 ONE_SEED = ("One seed: there is no spread to compare against here; `conta-kit conta --seeds 0 1 2` (the README's "
             "tables) gives intervals over seeds.")
 
@@ -238,3 +238,31 @@ def sweep(summary: dict[str, Any]) -> str:
             "1: the oracle, below 0: worse than the baseline), mean ± std [95 % interval over seeds]; an interval "
             "that holds 0 is no measurable change, and where the oracle is not ahead of the baseline the share "
             "is not meaningful:\n\n" + markdown_table(["method", *rhos], gaps))
+
+
+def photos(result: dict[str, Any]) -> str:
+    """07: what a pretrained network's CAMs do on real photos, and what a handful of photos can and cannot say."""
+    scored = result.get("scored", [])
+    n_photos, n_gt = result.get("num_photos", 0), result.get("num_with_ground_truth", 0)
+    lines = [f"**Real photos.** {n_photos} photo(s), {n_gt} with a VOC ground truth; EfficientNet-Lite0 with its "
+             "ImageNet-1k weights, no training. A VOC class is scored through its most probable ImageNet class; "
+             + (", ".join(result.get("unscorable", [])) + " ha" + ("s" if len(result.get("unscorable", [])) == 1
+                                                                    else "ve") + " no ImageNet class and is not scored."
+                if result.get("unscorable") else "every present class has an ImageNet name.")]
+    if scored:
+        lines.append("\n".join(
+            f"- {r['photo']}, {r['voc_class']} (ImageNet: {r['imagenet_class']}), {r['method']}: IoU "
+            f"{_f(r['iou'], 2)} at the fixed threshold {r['threshold']}, boundary F {_f(r['boundary_f'], 2)}; "
+            f"{_f(r['cam_mass_on_object'], 2)} of the CAM on the object, {_f(r['cam_mass_on_other_classes'], 2)} on "
+            f"other objects, {_f(r['cam_mass_on_background'], 2)} on background (the object covers "
+            f"{_f(r['object_share'], 2)})."
+            for r in scored))
+        if result.get("gradcam_equals_cam_at_last_layer") is not None:
+            lines.append(f"At the last feature map Grad-CAM equals the analytic CAM (max difference "
+                         f"{result['gradcam_equals_cam_at_last_layer']:.1e}); the Grad-CAM above is taken one stage "
+                         "earlier, at output stride 16, a different map.")
+    lines.append("What this is not: a benchmark. These are single photos, scored at a threshold fixed in advance; "
+                 "the best IoU over thresholds in the table is the optimistic end on these photos, not a held-out "
+                 "number. It shows where a pretrained network's CAM sits on a real scene and where it spills onto "
+                 "neighbouring objects and context, which is the boundary effect the synthetic benchmark measures.")
+    return "\n\n".join(lines)

@@ -39,6 +39,8 @@ FIGURES = {
     "05": [("05_pseudo_masks", "Pseudo-masks against the ground truth."),
            ("05_rounds", "Scores over rounds."), ("05_confusion", "The segmenter's confusion, row-normalised.")],
     "06": [("06_rounds_this_run", "Every round of this run in one figure.")],
+    "07": [("07_2011_003271_diningtable", "A real VOC photo: where a pretrained network's CAM of 'dining table' "
+                                          "sits, and how much spills onto the chairs and people around it.")],
 }
 _ROWS = [("seed mIoU (val threshold)", ("seed", "miou_best")), ("seed mIoU (0.15)", ("seed", "miou_fixed")),
          ("pseudo-mask mIoU", ("pseudo", "miou")), ("segmenter mIoU", ("segmentation", "miou")),

@@ -163,7 +163,7 @@ def ablation_markdown(run_dirs: list[str | Path], round_index: int = 1, seed: in
 
 def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) -> str:
     """The README block of a confounding sweep: provenance and wall time, the headline and per-class figures
-    notebook 07 drew (copied into ``figure_dir`` where they exist), and the tables, made here from the
+    notebook 08 drew (copied into ``figure_dir`` where they exist), and the tables, made here from the
     sweep's own rounds (:func:`~conta_kit.pipeline.sweep.sweep_tables`)."""
     run = Run(run_dir)
     summary = load_sweep(run.path)
@@ -181,9 +181,10 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) ->
     if figure_dir is not None:
         figure_dir = Path(figure_dir)
         figure_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("07_sweep_headline", "07_sweep_per_class", "07_sweep_ood_cams"):
-            src = run.layout.figure(name)
-            if src.exists():  # a 256-colour palette copy keeps the repository small
+        for kind in ("sweep_headline", "sweep_per_class", "sweep_ood_cams"):
+            found = sorted(run.figures.glob(f"[0-9][0-9]_{kind}.png"))  # 08_, or 07_ in older sweeps
+            if found:  # a 256-colour palette copy keeps the repository small
+                src, name = found[-1], found[-1].stem
                 buf = io.BytesIO()
                 Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
                 atomic_write_bytes(figure_dir / f"{name}.png", buf.getvalue(), overwrite=True)

@@ -1,4 +1,4 @@
-"""Plots of the confounding sweep (notebook 07): metrics against rho per method, per-class precision and
+"""Plots of the confounding sweep (notebook 08): metrics against rho per method, per-class precision and
 recall at one rho, and where each classifier fires on background-only images."""
 
 from __future__ import annotations

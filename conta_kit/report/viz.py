@@ -28,6 +28,7 @@ from .viz_cams import (  # noqa: E402,F401 - the CAM and mask figures, importabl
     plot_cam_grid,
     plot_cam_overlay,
     plot_masks_grid,
+    plot_photo_cams,
     plot_threshold_sweep,
 )
 

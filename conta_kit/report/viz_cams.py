@@ -137,3 +137,30 @@ def plot_threshold_sweep(sweep: dict[str, dict[str, float]], chosen: float, fixe
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def plot_photo_cams(image: torch.Tensor, cams: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+                    voc_id: int | None = None, question: str = "") -> Figure:
+    """A real photo and one CAM per method (e.g. the analytic CAM and Grad-CAM of the same class), on the 0-1
+    scale with one colour bar; with a ground truth, the class's object outlined (white) and every other
+    object dashed (green), so a CAM spilling onto neighbours (chairs around a table) shows."""
+    fig, axes = plt.subplots(1, 1 + len(cams), figsize=(3.6 * (1 + len(cams)) + 0.6, 3.4), squeeze=False,
+                             layout="constrained")
+    axes[0, 0].imshow(to_image(image))
+    axes[0, 0].set_title("photo", fontsize=9)
+    axes[0, 0].set_xticks([])
+    axes[0, 0].set_yticks([])
+    im = None
+    for ax, (title, cam) in zip(axes[0, 1:], cams.items()):
+        im = overlay(ax, image, cam)
+        if mask is not None and voc_id is not None:
+            others = torch.where((mask != voc_id) & (mask != 0) & (mask != 255), 1, 0)
+            outline(ax, torch.where(mask == voc_id, 1, 0), others, 0)
+        ax.set_title(title, fontsize=9)
+    cam_colorbar(fig, im, axes[0, 1:])
+    if mask is not None and voc_id is not None:
+        outline_legend(fig, True)
+        fig.legends[-1].get_texts()[-1].set_text("other objects (ground truth)")
+    if question:
+        fig.suptitle(question, fontsize=10)
+    return fig
