@@ -9,6 +9,7 @@ against the oracle and with the spread stated, and a link to the next notebook. 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from ..io import Run
@@ -266,3 +267,20 @@ def photos(result: dict[str, Any]) -> str:
                  "number. It shows where a pretrained network's CAM sits on a real scene and where it spills onto "
                  "neighbouring objects and context, which is the boundary effect the synthetic benchmark measures.")
     return "\n\n".join(lines)
+
+
+def photos_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) -> str:
+    """The README block of notebook 07: its conclusion (from the run's metrics) and its dining-table figure (copied
+    into ``figure_dir`` when given)."""
+    from .markdown import copy_figure
+
+    run = Run(run_dir)
+    result = run.metrics.get("real_photos")
+    if not result:
+        raise ValueError(f"{run_dir}/metrics.json has no 'real_photos' (run notebook 07 first)")
+    figures = sorted(run.figures.glob("07_*diningtable.png")) or sorted(run.figures.glob("07_*.png"))
+    lines = [f"Run folder `{Path(run_dir).name}` (notebook 07, input {result.get('input_size')} px, weights "
+             f"{result.get('weights')}).", ""]
+    if figures and figure_dir is not None:
+        lines += [copy_figure(figures[0], figure_dir), ""]
+    return "\n".join(lines) + "\n" + photos(result)

@@ -13,10 +13,8 @@ made from RUN_DIR's metrics.json, so every number in the README comes from a run
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +181,8 @@ def sweep_markdown(run_dir: str | Path, figure_dir: str | Path | None = None) ->
         figure_dir.mkdir(parents=True, exist_ok=True)
         for kind in ("sweep_headline", "sweep_per_class", "sweep_ood_cams"):
             found = sorted(run.figures.glob(f"[0-9][0-9]_{kind}.png"))  # 08_, or 07_ in older sweeps
-            if found:  # a 256-colour palette copy keeps the repository small
-                src, name = found[-1], found[-1].stem
-                buf = io.BytesIO()
-                Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
-                atomic_write_bytes(figure_dir / f"{name}.png", buf.getvalue(), overwrite=True)
-                lines += [f"![{name}]({figure_dir.as_posix()}/{name}.png)", ""]
+            if found:
+                lines += [copy_figure(found[-1], figure_dir), ""]
     return "\n".join(lines) + "\n" + sweep_tables(summary)
 
 
@@ -309,42 +303,12 @@ def update_block(path: str | Path, block: str, text: str) -> None:
     atomic_write_text(path, pattern.sub(lambda _: f"{start}\n{text.rstrip()}\n{end}", src), overwrite=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conta_kit.report", description=__doc__.split("\n")[0])
-    p.add_argument("run_dirs", nargs="+", help="one CONTA run, or with --ablations several, or with --sweep a "
-                   "sweep folder")
-    p.add_argument("--sweep", action="store_true", help="a `conta-kit sweep` folder (its tables, and notebook "
-                   "07's figures; with --update, the figures are copied into --figure-dir)")
-    p.add_argument("--figure-dir", default="docs/figures")
-    p.add_argument("--ablations", action="store_true", help="one row per run folder at --round")
-    p.add_argument("--oracle-gap", action="store_true", help="one `conta-kit conta` run per rho: baseline "
-                   "against the oracle and the resolution ceiling")
-    p.add_argument("--controls", action="store_true", help="CONTA over ground-truth ingredients against round 0, "
-                   "one block per run folder (the default and the negative controls)")
-    p.add_argument("--round", type=int, default=1)
-    p.add_argument("--seed", type=int, help="with --ablations: compare this seed of every run")
-    p.add_argument("--update", metavar="FILE", help="write the table into FILE's marked block")
-    p.add_argument("--block", default="conta")
-    args = p.parse_args(argv)
-    try:
-        if args.sweep and len(args.run_dirs) > 1:
-            text = sweep_ablation_markdown(args.run_dirs)
-        elif args.sweep:
-            text = sweep_markdown(args.run_dirs[0], args.figure_dir if args.update else None)
-        elif args.oracle_gap:
-            text = oracle_gap_markdown(args.run_dirs)
-        elif args.controls:
-            text = controls_markdown(args.run_dirs)
-        elif args.ablations:
-            text = ablation_markdown(args.run_dirs, args.round, args.seed)
-        elif len(args.run_dirs) == 1:
-            text = conta_markdown(args.run_dirs[0])
-        else:
-            raise ValueError("several run folders need --ablations")
-        if args.update:
-            update_block(args.update, args.block, text)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+def copy_figure(src: Path, figure_dir: str | Path) -> str:
+    """Copy a run's figure into ``figure_dir`` as a 256-colour palette PNG (keeps the repository small) and
+    return its markdown image line."""
+    figure_dir = Path(figure_dir)
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.open(src).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
+    atomic_write_bytes(figure_dir / src.name, buf.getvalue(), overwrite=True)
+    return f"![{src.stem}]({figure_dir.as_posix()}/{src.name})"
