@@ -11,6 +11,7 @@ testable without a browser). Under papermill there is no live front end: call ``
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ class CamExplorer:
         present = self.present(index)
         k = (present[0] if present else 0) if cls is None else cls
         cams = self.cams[r][m_term if m_term in self.cams[r] else True]
-        fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
+        fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.9), layout="constrained")
         im = overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
         contours(axes[0], self.masks[index], k + 1)
         axes[0].set_title(f"CAM {self.class_names[k]}, {self.label(r)}"
@@ -113,7 +114,6 @@ class CamExplorer:
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.tight_layout()
         cam_colorbar(fig, im, axes[0])
         self.last_figure = fig
         return fig
@@ -155,7 +155,7 @@ class CamExplorer:
     def widget(self) -> Any:
         """An ipywidgets box; every control change re-renders into its output area."""
         import ipywidgets as w  # optional front end: only the live widget needs it
-        from IPython.display import display
+        from IPython.display import Image, display
 
         n = self.images.shape[0]
         controls = {
@@ -171,11 +171,15 @@ class CamExplorer:
         out = w.Output()
 
         def redraw(*_: Any) -> None:
+            # the figure goes out as PNG bytes: displaying a Figure object needs the inline backend's formatter,
+            # which a front end may not have registered (in JupyterLab the output then showed "<Figure ...>")
+            fig = self.render(**{k: c.value for k, c in controls.items()})
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)  # and not drawn a second time below the widget
             with out:
                 out.clear_output(wait=True)
-                if self.last_figure is not None:
-                    plt.close(self.last_figure)
-                display(self.render(**{k: c.value for k, c in controls.items()}))
+                display(Image(data=buf.getvalue(), format="png"))
 
         def new_image(change: dict[str, Any]) -> None:
             controls["cls"].value = self._default_cls(change["new"])
