@@ -61,3 +61,24 @@ class ToyMultiLabel(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.x[i], "labels": self.y[i]}
 
+
+
+LABELME_VOC = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_voc")
+
+
+def add_labelme_examples(root: Path, split: str = "train") -> list[str]:
+    """Copy the three real VOC photos and class masks of Debian's ``labelme-examples`` (GPL: installed by
+    .ci/run, never part of the repository) into the VOC-layout folder ``root`` and its ``split`` list; the ids
+    added (none where the package is not installed)."""
+    import shutil
+
+    if not (LABELME_VOC / "SegmentationClassPNG").is_dir():
+        return []
+    ids = sorted(p.stem for p in (LABELME_VOC / "JPEGImages").glob("*.jpg")
+                 if (LABELME_VOC / "SegmentationClassPNG" / f"{p.stem}.png").is_file())
+    for i in ids:
+        shutil.copyfile(LABELME_VOC / "JPEGImages" / f"{i}.jpg", root / "JPEGImages" / f"{i}.jpg")
+        shutil.copyfile(LABELME_VOC / "SegmentationClassPNG" / f"{i}.png", root / "SegmentationClass" / f"{i}.png")
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    listing.write_text(listing.read_text() + "".join(f"{i}\n" for i in ids))
+    return ids
