@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -215,6 +217,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 # what the CLI turns into "conta-kit: error: ..." (exit 2, no traceback; --debug shows it)
 _USER_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
 
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--resume", metavar="RUN_DIR", help=resume)
     args = parser.parse_args(argv)
     command = {"run": _run, "baseline": _baseline, "conta": _conta, "sweep": _sweep}[args.command]
+    if threading.current_thread() is threading.main_thread():  # `kill` stops a run like Ctrl-C: index.html, kernels
+        signal.signal(signal.SIGTERM, _stop)
     try:
         return command(args)
     except KeyboardInterrupt:

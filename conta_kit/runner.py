@@ -128,6 +128,9 @@ def run_notebooks(preset: str = "default", overrides: dict[str, Any] | None = No
             entry.pop("files_before")
             write_json(run.layout.index_json, {"notebooks": index}, overwrite=True)
     finally:
+        for e in index:  # interrupted (Ctrl-C, kill): --resume runs it again
+            if e["status"] == "running":
+                e["status"] = "stopped"
         figures = sorted(p.name for p in run.figures.glob("*.png"))
         write_json(run.layout.index_json, {"notebooks": index, "figures": figures}, overwrite=True)
         _write_html_index(run, index)

@@ -191,3 +191,51 @@ def test_a_stopped_run_resumes_with_only_the_unfinished_notebooks(tmp_path, caps
     assert main(["run", "--resume", str(run), *args]) == 0
     assert "nothing to resume" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == stamps
+
+
+def test_a_killed_run_still_writes_its_report_page_and_stops_its_kernel(tmp_path):
+    """SIGTERM (a `kill`, a CI timeout) stops `conta-kit run` like Ctrl-C: index.json says which notebook was
+    stopped, index.html is written, the exit code is 130 and no kernel is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("preset = 'smoke'\nrun_dir = None\nseed = 0\ninteractive = False\n"
+                                          "overrides = {}", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os, time\nopen(os.path.join(run_dir, 'kernel.pid'), 'w')"
+                                          ".write(str(os.getpid()))\ntime.sleep(120)")]
+    nbformat.write(nb, folder / "01_slow.ipynb")
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "conta_kit.cli", "run", "--preset", "smoke", "--runs-root",
+                             str(root), "--notebooks", str(folder), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(root.glob("*/kernel.pid")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        (pid_file,) = root.glob("*/kernel.pid")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run = pid_file.parent
+    assert proc.returncode == 130 and "--resume" in err
+    assert (run / "index.html").exists()
+    assert json.loads((run / "index.json").read_text())["notebooks"][0]["status"] == "stopped"
+    kernel = int(pid_file.read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(kernel, signal.SIGKILL)
+        raise AssertionError("the notebook's kernel outlived the stopped run")
