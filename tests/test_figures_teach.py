@@ -115,15 +115,17 @@ def test_the_explorer_static_view_has_cam_labels_ground_truth_and_a_colorbar_and
     from conta_kit.notebook import headless
     from conta_kit.report.explore import CamExplorer
 
-    imgs, masks, _, labels = _scene(3, 20)
+    imgs, masks, surround, labels = _scene(3, 20)
     cams = {0: {True: torch.rand(3, 3, 20, 20)}, 1: {True: torch.rand(3, 3, 20, 20)}}
-    ex = CamExplorer(imgs, masks, labels, cams, NAMES)
+    ex = CamExplorer(imgs, masks, labels, cams, NAMES, surround)
     assert headless()  # a test process is not a live front end
     fig = ex.show()  # interactive=None: decided by headless()
     assert isinstance(fig, Figure)
     titles = [a.get_title() for a in fig.axes]
     assert any(t.startswith("CAM labels") and "threshold 0.15" in t for t in titles)
     assert "ground truth" in titles and len(_colorbars(fig)) == 1 and fig.legends
+    cam_panels = [a for a in fig.axes if a.get_title().startswith("cow: round")]
+    assert len(cam_panels) == 6 and all(_contours(a, "solid") and _contours(a, "dashed") for a in cam_panels)
 
 
 def test_conclusion_tables_are_formatted():

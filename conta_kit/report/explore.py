@@ -22,7 +22,7 @@ from ..cam import cams_to_labels, compute_cams
 from ..config import RunCfg
 from ..io import RunLayout
 from ..pipeline.rounds import load_round_classifier
-from .draw import cam_colorbar, class_legend, class_to_show, colorize, contours, overlay, to_image
+from .draw import cam_colorbar, class_legend, class_to_show, colorize, outline, outline_legend, overlay, to_image
 
 
 class CamExplorer:
@@ -33,10 +33,13 @@ class CamExplorer:
         cams: ``{round: {True: (N, C, H, W), False: ...}}`` (False = without the M term; round 0 has only True);
             a key is a round index or an arm name (``"conta_gt"``, ``"oracle"``).
         class_names: C names.
+        surround: (N, H, W) context patches (k + 1 on class k's paired context) or None; drawn dashed on every
+            CAM panel.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-                 cams: dict[int, dict[bool, torch.Tensor]], class_names: list[str]) -> None:
+                 cams: dict[int, dict[bool, torch.Tensor]], class_names: list[str],
+                 surround: torch.Tensor | None = None) -> None:
         if not cams:
             raise ValueError("cams is empty: give at least one round")
         for r, d in cams.items():
@@ -44,7 +47,7 @@ class CamExplorer:
                 if c.shape[:2] != labels.shape or c.shape[2:] != images.shape[2:]:
                     raise ValueError(f"cams[{r}][{t}] has shape {tuple(c.shape)}, expected "
                                      f"{(*labels.shape, *images.shape[2:])}")
-        self.images, self.masks, self.labels, self.cams = images, masks, labels, cams
+        self.images, self.masks, self.labels, self.cams, self.surround = images, masks, labels, cams, surround
         self.class_names = list(class_names)
         self.last_figure: Any = None
         #: rounds in order, then the arms
@@ -85,7 +88,8 @@ class CamExplorer:
                 on, off = compute_cams(model, images, labels, scales=b.cam_scales, flip=b.cam_flip, x_m=xm,
                                        m_term="both")
                 cams[r] = {True: on, False: off}
-        return cls(images, masks, labels, cams, list(dataset.class_names))
+        surround = torch.stack([it["surround"] for it in items]) if "surround" in items[0] else None
+        return cls(images, masks, labels, cams, list(dataset.class_names), surround)
 
     def present(self, index: int) -> list[int]:
         """Class indices present in image ``index``."""
@@ -102,7 +106,7 @@ class CamExplorer:
         cams = self.cams[r][m_term if m_term in self.cams[r] else True]
         fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.9), layout="constrained")
         im = overlay(axes[0], self.images[index], cams[index, k], alpha=opacity)
-        contours(axes[0], self.masks[index], k + 1)
+        outline(axes[0], self.masks[index], None if self.surround is None else self.surround[index], k)
         axes[0].set_title(f"CAM {self.class_names[k]}, {self.label(r)}"
                           + ("" if m_term or False not in self.cams[r] else ", M = 0"), fontsize=9)
         pseudo = cams_to_labels(cams[index : index + 1], self.labels[index : index + 1], threshold)[0]
@@ -121,7 +125,8 @@ class CamExplorer:
     def static(self, count: int = 3, threshold: float = 0.15) -> Any:
         """What the widget shows, for the first images at once: the CAM of the first round, the last round (and
         without M) and the extra arms, the last round's CAM labels at ``threshold`` and the ground truth; one CAM
-        colour bar, a label legend. The class of a row: the present class with the largest CAM mass."""
+        colour bar, a label legend. The class of a row: the present class whose first CAM puts most of its mass
+        on its paired context (without context masks: the largest CAM mass)."""
         first, last = self.keys[0], self.last_round
         cols = [(first, True), (last, True)] + ([(last, False)] if False in self.cams[last] else [])
         cols += [(k, True) for k in self.keys if isinstance(k, str)]
@@ -131,10 +136,11 @@ class CamExplorer:
                                  layout="constrained")
         im, shown = None, set()
         for i in range(n):
-            k = class_to_show(self.cams[last][True][i], self.labels[i])
+            k = class_to_show(self.cams[first][True][i], self.labels[i],
+                              None if self.surround is None else self.surround[i])
             for j, (r, t) in enumerate(cols):
                 im = overlay(axes[i, j], self.images[i], self.cams[r][t][i, k])
-                contours(axes[i, j], self.masks[i], k + 1)
+                outline(axes[i, j], self.masks[i], None if self.surround is None else self.surround[i], k)
                 axes[i, j].set_title(f"{self.class_names[k]}: {self.label(r)}" + ("" if t else ", M = 0"), fontsize=8)
             pseudo = cams_to_labels(self.cams[last][True][i : i + 1], self.labels[i : i + 1], threshold)[0]
             axes[i, -2].imshow(colorize(pseudo), interpolation="nearest")
@@ -148,6 +154,7 @@ class CamExplorer:
                 ax.set_yticks([])
         cam_colorbar(fig, im, axes[:, : len(cols)])
         class_legend(fig, self.class_names, sorted(shown))
+        outline_legend(fig, self.surround is not None)
         fig.suptitle("The explorer's views, side by side (the widget lets you pick image, class, round, threshold)",
                      fontsize=9)
         return fig
