@@ -183,3 +183,13 @@ def test_the_index_page_tells_the_story_from_the_run(tmp_path):
     assert "Baseline CAMs." in text and page.tags.count("li") == 2
     assert {"01_data.ipynb", "02_classifier_cams.ipynb", "metrics.json"} <= set(page.links)
     assert json.loads((run.path / "params.json").read_text())["preset"] == "smoke"
+
+
+def test_sweep_panels_label_their_scales():
+    from conta_kit.report.sweep_plots import plot_sweep
+
+    cell = {"num_seeds": 2, "seed_miou_fixed": {"mean": 0.3, "std": 0.01}, "cam_leakage": {"mean": 0.2, "std": 0.02}}
+    summary = {"rounds": 0, "rhos": [0.5, 0.9], "methods": {"baseline": {"0.5": cell, "0.9": cell}}}
+    fig = plot_sweep(summary, ("seed_miou_fixed", "cam_leakage"))
+    labels = [a.get_ylabel() for a in fig.axes]
+    assert all(labels) and labels[1].endswith("(lower is better)") and not labels[0].endswith("better)")

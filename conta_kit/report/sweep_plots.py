@@ -49,6 +49,8 @@ def plot_sweep(summary: dict[str, Any], metrics: Sequence[str] = ("seed_miou_fix
             ax.errorbar([p for p, _ in pts], [s["mean"] for _, s in pts], yerr=std, capsize=2, lw=1.2,
                         label=name, **_method_style(name, i))
         ax.set_xlabel("cooccurrence rho")
+        ax.set_ylabel(_SWEEP_LABELS.get(metric, metric) + (" (lower is better)" if "leakage" in metric
+                                                            or "reliance" in metric or "fp" in metric else ""))
         ax.set_title(_SWEEP_LABELS.get(metric, metric), fontsize=9)
         ax.set_xticks(summary["rhos"])
     axes[0][-1].legend(fontsize=7, loc="best")
