@@ -63,6 +63,7 @@ def _wait_port(port: int, timeout: float, server: subprocess.Popen) -> None:
 
 def test_the_explorer_reacts_to_its_controls_in_a_real_browser(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pinned in requirements.txt)")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -93,14 +94,21 @@ def test_the_explorer_reacts_to_its_controls_in_a_real_browser(tmp_path):
             opts.add_argument(arg)
         driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
         driver.set_page_load_timeout(60)
-        wait = WebDriverWait(driver, 90)
+        # JupyterLab re-renders while it loads: a found element may go stale, so every wait retries
+        wait = WebDriverWait(driver, 90, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}")
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.support import expected_conditions as ec
 
-        editor = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .cm-content")))
+        editor_css = ".jp-Notebook .jp-Cell .cm-content"
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, editor_css)))
         time.sleep(3)  # the kernel starts
-        ActionChains(driver).move_to_element(editor).click().perform()
+
+        def focus_editor(d) -> bool:
+            ActionChains(d).move_to_element(d.find_element(By.CSS_SELECTOR, editor_css)).click().perform()
+            return True
+
+        wait.until(focus_editor)
         ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
         image = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".jupyter-widgets .jp-OutputArea-output img"))
 
@@ -115,10 +123,14 @@ def test_the_explorer_reacts_to_its_controls_in_a_real_browser(tmp_path):
             raise AssertionError(f"no slider labelled {label!r}")
 
         def move(label: str, presses: int, name: str, before: str) -> tuple[str, bytes]:
-            handle = slider(label)
-            handle.click()
-            for _ in range(presses):
-                handle.send_keys(Keys.ARROW_RIGHT)
+            def press(d) -> bool:
+                handle = slider(label)
+                handle.click()
+                for _ in range(presses):
+                    handle.send_keys(Keys.ARROW_RIGHT)
+                return True
+
+            wait.until(press)
             wait.until(lambda d: picture()[0] != before)
             time.sleep(0.5)  # the new image has painted
             src, png = picture()
@@ -126,7 +138,8 @@ def test_the_explorer_reacts_to_its_controls_in_a_real_browser(tmp_path):
             return src, png
 
         assert image.is_displayed()
-        src0, png0 = picture()
+        time.sleep(0.5)
+        src0, png0 = wait.until(lambda d: picture())
         (shots / "explorer_start.png").write_bytes(png0)
         src1, png1 = move("background", 30, "threshold_moved", src0)
         src2, png2 = move("image", 1, "image_picked", src1)
