@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import Run
+from ..summary import markdown_table
 
 SEQUENCE = ("01_data", "02_classifier_cams", "03_prototypes", "04_cams_before_after", "05_pseudo_segmentation",
             "06_report", "07_real_photos")
@@ -67,11 +68,8 @@ def table(obj: dict[str, Any] | list[dict[str, Any]], digits: int = 3) -> Any:
     cols = [c for c in dict.fromkeys(k for _, r in rows for k in r) if not any(isinstance(r.get(c), dict)
                                                                                for _, r in rows)]
     named = any(name for name, _ in rows)
-    head = (["" ] if named else []) + cols
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(([name] if named else []) + [_cell(r.get(c), digits) for c in cols]) + " |"
-              for name, r in rows]
-    text = "\n".join(lines)
+    text = markdown_table(([""] if named else []) + cols,
+                          (([name] if named else []) + [_cell(r.get(c), digits) for c in cols] for name, r in rows))
     try:
         from IPython.display import Markdown
 
@@ -235,7 +233,7 @@ def report(summary: dict[str, Any]) -> str:
 
 def sweep(summary: dict[str, Any]) -> str:
     """07: the share of the oracle's gap each method closes, per rho, with intervals over seeds."""
-    from ..summary import fmt, fmt_ci, markdown_table
+    from ..summary import fmt, fmt_ci
 
     rhos = [f"{r:g}" for r in summary.get("rhos", [])]
     methods = summary.get("methods", {})
