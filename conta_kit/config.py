@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .precision import check_amp
+
 PRESETS = ("smoke", "default", "bench", "gpu", "voc")
 
 
@@ -82,6 +84,10 @@ class BaselineCfg:
         segmenter, seg_epochs, seg_batch_size, seg_lr, seg_optimizer: segmentation model training.
         eval_batch_size: batch size for CAM and mask inference.
         num_workers: DataLoader worker processes for training (0 on the CPU benchmark).
+        amp: precision of classifier, segmenter and W-OoD training and of CAM inference (:mod:`conta_kit.precision`):
+            "auto" (bf16 autocast on CUDA and on a CPU with bf16 units such as AMX, fp32 elsewhere), "off"
+            (fp32), "bf16" (also on a CPU without bf16 units, slowly) or "fp16" (CUDA). Segmenter predictions
+            and every metric are computed in fp32.
     """
 
     backbone: str = "tiny"
@@ -106,8 +112,10 @@ class BaselineCfg:
     seg_optimizer: str = "sgd"
     eval_batch_size: int = 64
     num_workers: int = 0
+    amp: str = "auto"
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
             object.__setattr__(self, "pretrained", None)
         for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):

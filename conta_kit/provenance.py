@@ -49,6 +49,10 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
         info["cuda"] = torch.version.cuda
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         info["torch_threads"] = torch.get_num_threads()
+        from .precision import cpu_bf16_fast, cpu_bf16_units
+
+        # what amp="auto" does on this CPU: bf16 where it has bf16 matrix units (CONTA_KIT_CPU_BF16 overrides)
+        info["cpu_bf16"] = {**cpu_bf16_units(), "auto_uses_bf16": cpu_bf16_fast()}
     except ImportError:  # pragma: no cover
         pass
     return info

@@ -8,9 +8,10 @@
   ``resume=True`` after a stop continues to the same result as an uninterrupted run.
 * A checkpoint ``<ckpt_dir>/last.pt`` (model, optimiser, schedule, epoch, history) is written atomically
   after every epoch; a NaN or infinite loss stops with an error and leaves it intact.
-* Automatic mixed precision (bfloat16 autocast) on CUDA when ``amp="auto"``; ``amp="fp16"`` adds a gradient
-  scaler. ``channels_last`` runs model and images in NHWC memory format, ``compile`` wraps the model's
-  forward in ``torch.compile``.
+* Automatic mixed precision: bfloat16 autocast on CUDA, and on a CPU with bf16 matrix units (AMX, AVX512-BF16),
+  when ``amp="auto"`` (:mod:`conta_kit.precision`); ``amp="fp16"`` adds a gradient scaler on CUDA.
+  ``channels_last`` runs model and images in NHWC memory format, ``compile`` wraps the model's forward in
+  ``torch.compile``.
 * Under torchrun (or in an initialised process group) the same loop trains with DistributedDataParallel:
   ``batch_size`` stays the global batch, split over the ranks in the single-process order (see
   :mod:`conta_kit.distributed`); rank 0 writes the checkpoints.
@@ -33,11 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
 from .io import atomic_torch_save, load_torch
+from .precision import AMP_MODES, autocast
 from .progress import tqdm
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class TrainCfg:
         epochs, batch_size, lr: as usual; ``lr`` is scaled by each param group's ``lr_mult``.
         optimizer: "sgd" (momentum, poly schedule) or "adamw" (poly schedule too).
         momentum, weight_decay, poly_power: SGD momentum, decoupled/L2 weight decay, poly exponent.
-        amp: "auto" (bf16 autocast on CUDA), "off", "bf16" or "fp16" (with a gradient scaler); CUDA only,
-            other devices train in fp32.
+        amp: "auto" (bf16 autocast on CUDA and on a CPU with bf16 units, fp32 on other CPUs), "off", "bf16"
+            (also on any CPU) or "fp16" (CUDA, with a gradient scaler); see :mod:`conta_kit.precision`.
         seed: seeds data order and randomness per epoch.
         num_workers: DataLoader workers (started per epoch, so their seeds too depend on ``seed`` and the
             epoch only; with CUDA, batches come through pinned memory).
@@ -116,14 +117,6 @@ def _to(batch: dict[str, Any], device: torch.device, channels_last: bool = False
             v = v.to(device, non_blocking=True, memory_format=torch.channels_last if nhwc else torch.preserve_format)
         out[k] = v
     return out
-
-
-def autocast(device: torch.device | str, amp: str):
-    """The autocast context for ``amp`` (see :class:`TrainCfg`): bf16 or fp16 on CUDA, disabled elsewhere."""
-    if torch.device(device).type != "cuda" or amp == "off":
-        return torch.autocast(device_type="cpu", enabled=False)
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def epoch_order(n: int, seed: int) -> list[int]:

@@ -147,7 +147,7 @@ def test_channels_last_pixel_budget_and_amp_options():
         high, low = compute_cams(m, x, labels, return_strided=True, **kw)
         torch.testing.assert_close(high, base, rtol=0, atol=1e-5)
         torch.testing.assert_close(low, base_low, rtol=0, atol=1e-5)
-    for amp in ("auto", "fp16"):  # CUDA only: the CPU path stays fp32, bit for bit (bf16 by name: below)
+    for amp in ("auto", "fp16"):  # auto is fp32 on a CPU without bf16 units (forced in conftest), fp16 CUDA only
         assert torch.equal(compute_cams(m, x, labels, amp=amp), base)
     with pytest.raises(ValueError, match="amp must be one of"):
         compute_cams(m, x, labels, amp="int8")
@@ -273,7 +273,7 @@ def test_cpu_bf16_is_asked_for_by_name_and_stays_close():
     model = build_classifier("tiny", 3).eval()
     x, lab = torch.rand(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     ref = compute_cams(model, x, lab, scales=(1.0, 0.5))
-    assert torch.equal(compute_cams(model, x, lab, scales=(1.0, 0.5), amp="auto"), ref)  # auto: fp32 on a CPU
+    assert torch.equal(compute_cams(model, x, lab, scales=(1.0, 0.5), amp="auto"), ref)  # auto: fp32 without bf16 units
     low = compute_cams(model, x, lab, scales=(1.0, 0.5), amp="bf16")
     assert not torch.equal(low, ref)  # it did run in bf16
     assert float((low - ref).abs().max()) < 0.1 and low.dtype == torch.float32

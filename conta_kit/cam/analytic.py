@@ -23,9 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.inference import eval_mode
-from ..train import AMP_MODES
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..precision import AMP_MODES, DTYPES, resolve
 
 
 def check_inputs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -65,18 +63,16 @@ def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, eps: 
 
 
 def cam_precision(device: torch.device, amp: str) -> str:
-    """The precision CAM forward passes run in: on CUDA as ``amp`` says ("auto" = bf16), on a CPU bf16 only
-    when asked for by name (bf16 matrix units such as AMX), fp32 everywhere else."""
-    if device.type == "cuda":
-        return "fp32" if amp == "off" else ("fp16" if amp == "fp16" else "bf16")
-    return "bf16" if device.type == "cpu" and amp == "bf16" else "fp32"
+    """The precision CAM forward passes run in: :func:`conta_kit.precision.resolve` (on CUDA bf16 unless
+    ``amp`` is "off" or "fp16"; on a CPU bf16 for "bf16", and for "auto" where the CPU has bf16 units)."""
+    return resolve(device, amp)
 
 
 def _view_cams(model: nn.Module, x: torch.Tensor, xm: torch.Tensor | None, terms: tuple[bool, ...],
                one_pass: bool, amp: str) -> list[torch.Tensor]:
     """One forward pass over views ``x`` -> the fp32 CAM of each M term (features under autocast)."""
     precision = cam_precision(x.device, amp)
-    with torch.autocast(x.device.type, dtype=_DTYPES[precision], enabled=precision != "fp32"):
+    with torch.autocast(x.device.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
         if xm is None or one_pass:
             feats = {True: model.features(x, xm)}
         else:
@@ -111,10 +107,9 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         channels_last: feed the views in channels-last (NHWC) memory format; same values up to float
             rounding. The model is not changed (``model.to(memory_format=torch.channels_last)`` once saves
             the per-call weight reorder).
-        amp: "off" (fp32), "auto" or "bf16" (bfloat16 autocast) or "fp16": the forward passes run under
-            autocast on CUDA; on a CPU only "bf16" named explicitly does (faster where the CPU has bf16
-            units, CAMs differ by about 1e-2), everything else runs the fp32 path unchanged. CAMs are formed
-            from the features in fp32 either way.
+        amp: "off" (fp32), "auto", "bf16" or "fp16" (:mod:`conta_kit.precision`): on CUDA the forward passes
+            run under autocast; on a CPU under bf16 autocast for "bf16", and for "auto" where the CPU has bf16
+            units (AMX, AVX512-BF16), fp32 otherwise. CAMs are formed from the features in fp32 either way.
         max_pixels: at most this many input pixels (views x height x width) per forward pass; None puts every
             image of the batch and its flip through one pass per scale. Lower it to bound activation memory.
 

@@ -43,14 +43,14 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
     ceiling = {t: ConfusionMatrix(n_labels) for t in thresholds} if grid is not None else {}
     local = CamLocalisation(dataset.num_classes)
     surround = SurroundLeakage(dataset.num_classes) if paired is not None else None
-    fast = fold_batchnorm(model)  # inference copy: batch norm folded into the convolutions, NHWC, AMP on CUDA
+    fast = fold_batchnorm(model)  # inference copy: batch norm folded into the convolutions, NHWC, in b.amp
     for batch in batches(dataset, b.eval_batch_size, device, "CAMs", progress):
         x_m = batch.get("x_m")
         logits = fast(batch["image"], x_m)
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
         out = compute_cams(fast, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
-                           m_term=m_term, channels_last=True, amp="auto")
+                           m_term=m_term, channels_last=True, amp=b.amp)
         cams, cams_off = out if both else (out, None)
         local.update(cams, batch["labels"], batch["mask"])
         if surround is not None and "surround" in batch:

@@ -61,7 +61,7 @@ def train_classifier(cfg: RunCfg, rnd: RoundLayout, data: dict[str, Dataset], de
             and previous.final_classifier.exists():
         start_from_previous(model, previous, round_index)
     tcfg = TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
-                    seed=cfg.seed, num_workers=b.num_workers)
+                    seed=cfg.seed, num_workers=b.num_workers, amp=b.amp)
     augment = _augment(cfg)
     hist = fit(model, train, lambda m, batch: multilabel_loss(m, augment(batch)), tcfg, device=device,
                collate_fn=collate, ckpt_dir=rnd.checkpoint_dir("classifier"), resume=resume, progress=progress,
@@ -148,7 +148,7 @@ def train_segmenter(cfg: RunCfg, rnd: RoundLayout, train: Dataset, pseudo: torch
     torch.manual_seed(cfg.seed)
     seg = build_segmenter(b.segmenter, train.num_classes)
     tcfg = TrainCfg(epochs=b.seg_epochs, batch_size=b.seg_batch_size, lr=b.seg_lr, optimizer=b.seg_optimizer,
-                    seed=cfg.seed, num_workers=b.num_workers)
+                    seed=cfg.seed, num_workers=b.num_workers, amp=b.amp)
     hist = fit(seg, WithMasks(train, pseudo), lambda m, batch: segmentation_loss(m, random_flip(batch)), tcfg,
                device=device, collate_fn=collate, ckpt_dir=rnd.checkpoint_dir("segmenter"), resume=resume,
                progress=progress, desc=f"segmenter r{round_index}")
