@@ -28,12 +28,16 @@ RUNS = {  # name: (script, arguments)
     "cam_small": ("bench_cam.py", ["--size", "64", "--scales", "1.0", "0.5"]),  # the kit's CPU presets
     "train": ("bench_train.py", []),
     "masks": ("bench_masks.py", []),
+    "amp": ("bench_amp.py", ["--preset", "bench", "--threads", "1"]),  # bf16 judged on seeds (3 seeds)
+    "threads": ("bench_threads.py", ["--preset", "bench"]),  # sets its own threads per way
 }
 GPU_RUNS = {  # IRNet-sized models, on a GPU only
     "cam_resnet50": ("bench_cam.py", ["--backbone", "resnet50", "--size", "320", "--images", "64"]),
     "train_resnet50": ("bench_train.py", ["--classifier", "resnet50", "--segmenter", "deeplabv3_resnet50",
                                           "--size", "320", "--batch", "16", "--images", "256"]),
 }
+# kept results that other scripts write (gpu.sh: bench_round.py --preset gpu) and are only tabulated here
+TABULATED = ("round0",)
 
 
 def run(names: list[str], prefix: str) -> None:
@@ -49,6 +53,10 @@ def run(names: list[str], prefix: str) -> None:
                        stdout=subprocess.DEVNULL)
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else path.name
+
+
 def _cell(entry: dict, key: str) -> str:
     if "skipped" in entry:
         return "skipped"
@@ -60,7 +68,7 @@ def markdown(prefix: str) -> str:
     lines = []
     for path in sorted(RESULTS.glob(f"{prefix}_*.json")):
         d = json.loads(path.read_text())
-        lines += [f"`{path.relative_to(HERE.parent)}` ({d['device']}, {d['device_name']}, torch {d['torch']}, "
+        lines += [f"`{_shown(path)}` ({d['device']}, {d['device_name']}, torch {d['torch']}, "
                   f"{d['threads']} thread(s))", ""]
         if d["benchmark"] == "cam_inference":
             lines += [f"{d['backbone']}, {d['classes']} classes, {d['images']} images of {d['image_size']} px, "
@@ -77,6 +85,20 @@ def markdown(prefix: str) -> str:
             lines += ["", f"Best ratio {d['best_ratio_vs_reference']}, target {d['target_ratio']}: meets_target "
                       f"{d['meets_target']}; fp32 within 1e-4: kit {d['kit']['fp32_within_1e-4']}, kit_fast "
                       f"{d['kit_fast']['fp32_within_1e-4']}; fold_batchnorm {d['fold_s']} s."]
+            if "flops_per_image" in d:
+                pk = d["matmul_peak_gflop_per_s"]
+                lines += ["", f"Machine limit: {d['flops_per_image'] / 1e9:.3f} GFLOP per image (FlopCounterMode); "
+                          f"measured matmul rate fp32 {pk['fp32']} GFLOP/s, bf16 {pk['bf16']} GFLOP/s.", "",
+                          "| case | GFLOP/s | share of its matmul rate |", "|---|---|---|",
+                          f"| reference | | {d['reference']['share_of_matmul_peak']} |"]
+                for case in ("kit", "kit_fast", "kit_amp_channels_last", "kit_cpu_bf16"):
+                    e = d.get(case, {})
+                    if "gflop_per_s" in e:
+                        lines.append(f"| {case} | {e['gflop_per_s']} | {e['share_of_matmul_peak']} |")
+                lines += ["", f"Target: {d['share_case']} at >= {d['target_share']} of the matmul rate: "
+                          f"{d['share']} ({'met' if d['meets_share_target'] else 'not met'}). Where kit_fast's "
+                          "time goes (torch.profiler, self time):", "", "| operator | share | ms |", "|---|---|---|"]
+                lines += [f"| {r['op']} | {r['share']} | {r['ms']} |" for r in d["profile_kit_fast"]]
         elif d["benchmark"] == "training_throughput":
             lines += [f"{d['images']} images of {d['image_size']} px, batch {d['batch']}, best of {d['repeats']}", "",
                       "| model | case | images/s | speedup vs fp32 | peak CUDA memory (MiB) |", "|---|---|---|---|---|"]
@@ -95,6 +117,39 @@ def markdown(prefix: str) -> str:
                 for n, e in d[case].items():
                     if isinstance(e, dict):
                         lines.append(f"| {case} | {n} | {e['seconds']} | {e['peak_rss_increase_mib']} |")
+        elif d["benchmark"] == "cpu_bf16_round0":
+            lines += [f"Round 0, preset `{d['preset']}`, seeds {d['seeds']}, fp32 against bf16 training and CAMs; "
+                      f"this CPU's bf16 units: {d['cpu_bf16_units']} (amp='auto' uses bf16: {d['auto_uses_bf16']})", "",
+                      "| seed | agreement seeds | agreement pseudo-masks | inference-only seeds | "
+                      "seed mIoU fp32 / bf16 | pseudo mIoU fp32 / bf16 | seg mIoU fp32 / bf16 | round s fp32 / bf16 |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in d["per_seed"]:
+                f, b = r["fp32"], r["bf16"]
+                lines.append(f"| {r['seed']} | {r['agreement']['seeds']:.4f} | {r['agreement']['pseudo_masks']:.4f} | "
+                             f"{r['inference_only']['seeds']:.4f} | {f['miou_best']:.3f} / {b['miou_best']:.3f} | "
+                             f"{f['pseudo_miou']:.3f} / {b['pseudo_miou']:.3f} | {f['seg_miou']:.3f} / "
+                             f"{b['seg_miou']:.3f} | {f['seconds']['total_s']} / {b['seconds']['total_s']} |")
+            lo = d["loss"]
+            gap = [round(v, 4) for v in lo["max_abs_diff_per_epoch"]]
+            noise = [round(v, 4) for v in lo["fp32_std_over_seeds_per_epoch"]]
+            lines += ["", f"Classifier loss, largest |bf16 - fp32| per epoch {gap} against the fp32 spread over "
+                      f"seeds {noise} "
+                      f"(within twice the spread: {lo['within_noise']}); judgement {d['judgement']}."]
+        elif d["benchmark"] == "threads_vs_jobs":
+            lines += [f"Round 0 of seeds {d['seeds']}, preset `{d['preset']}`, {d['cpu_count']} cores", "",
+                      "| way | jobs | wall s | seed mIoU per seed |", "|---|---|---|---|"]
+            for way in ("intra_op", "parallel_jobs", "one_thread"):
+                e = d[way]
+                lines.append(f"| {way} | {e['jobs']} | {e['wall_s']} | {e['seed_miou_best']} |")
+            lines += ["", f"jobs over threads {d['jobs_over_threads']}x; intra-op speed-up from 1 thread "
+                      f"{d['intra_op_speedup']}x; results equal: {d['results_equal']}; better: {d['better']}."]
+        elif d["benchmark"] == "round0":
+            lines += [f"Round 0, preset `{d['preset']}` ({d['backbone']} / {d['segmenter']}, {d['image_size']} px, "
+                      f"{d['num_train']} train images), amp {d['amp']} = {d['precision']}", "",
+                      "| stage | seconds |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in d["timing_s"].items()]
+            lines += ["", f"Classifier training {d['classifier_images_per_s']} images/s; scores "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in d["scores"].items()) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -116,10 +171,17 @@ def summary(prefix: str) -> str:
             e = d.get(case, {})
             if "images_per_s" in e:
                 diff = max(e["max_abs_diff_high_res"], e["max_abs_diff_strided"])
+                kind = "bf16" if "bf16" in case or "amp" in case else "fp32"
+                share = (f", {e['share_of_matmul_peak']:.0%} of the {kind} matmul rate"
+                         if "share_of_matmul_peak" in e else "")
                 rows.append(f"| {what} | {case} vs IRNet-protocol reference ({ref} img/s) | "
-                            f"{e['ratio_vs_reference']}x ({e['images_per_s']} img/s), max abs diff {diff:.1e} |")
+                            f"{e['ratio_vs_reference']}x ({e['images_per_s']} img/s{share}), max abs diff {diff:.1e} |")
         rows.append(f"| {what} | target {d['target_ratio']}x on the paths that agree with the reference | "
                     f"{'met' if d['meets_target'] else 'not met'} (best {d['best_ratio_vs_reference']}x) |")
+        if "share" in d:
+            rows.append(f"| {what} | target: {d['share_case']} at >= {d['target_share']:.0%} of the matmul rate "
+                        f"({d['matmul_peak_gflop_per_s']}) GFLOP/s | {'met' if d['meets_share_target'] else 'not met'} "
+                        f"({d['share']:.0%}; convolution takes {d['profile_kit_fast'][0]['share']:.0%} of the time) |")
     for name in ("train", "train_resnet50"):
         d = load(name)
         if d is None:
@@ -134,6 +196,27 @@ def summary(prefix: str) -> str:
         dp = d["data_pipeline"]
         rows.append(f"| data pipeline | generator items/s over classifier training images/s | "
                     f"{dp['generator_vs_classifier_train']}x ({dp['generator_items_per_s']} items/s) |")
+    d = load("amp")
+    if d is not None:
+        ag, diffs = d["agreement"], d["diff_bf16_minus_fp32"]
+        worst = max(abs(v["mean"]) for v in diffs.values())
+        rows.append(f"| bf16 against fp32, round 0, preset `{d['preset']}`, {len(d['seeds'])} seeds (bf16 units "
+                    f"here: {'yes' if any(d['cpu_bf16_units'].values()) else 'no'}) | seeds / pseudo-masks equal "
+                    f"on (trained in bf16); seeds with bf16 CAMs only | {ag['seeds']['mean']:.4f} / "
+                    f"{ag['pseudo_masks']['mean']:.4f}; {d['inference_only']['mean']:.4f} |")
+        rows.append(f"| same | largest mean mIoU difference (seed, pseudo-mask, segmentation); round time fp32 / bf16 "
+                    f"| {worst:.4f}; {d['speedup_fp32_over_bf16']['round']['mean']:.2f}x |")
+    d = load("threads")
+    if d is not None:
+        rows.append(f"| both cores: round 0 of {len(d['seeds'])} seeds, preset `{d['preset']}` | parallel jobs "
+                    f"(1 thread each) over intra-op threads | {d['jobs_over_threads']}x "
+                    f"({d['parallel_jobs']['wall_s']} s vs "
+                    f"{d['intra_op']['wall_s']} s; one job's speed-up from 1 to {d['cpu_count']} threads "
+                    f"{d['intra_op_speedup']}x) |")
+    d = load("round0")
+    if d is not None:
+        rows.append(f"| round 0, preset `{d['preset']}`, amp {d['precision']} | seconds by stage | "
+                    + ", ".join(f"{k} {v}" for k, v in d["timing_s"].items()) + " |")
     d = load("masks")
     if d is not None:
         for case in ("confounder_set", "metrics"):
@@ -148,14 +231,17 @@ def summary(prefix: str) -> str:
 
 
 def main() -> None:
+    global RESULTS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="*", default=[], help="benchmark names (default: all)")
     p.add_argument("--markdown", action="store_true", help="print the tables of the kept results instead")
     p.add_argument("--prefix", default=None, help="cpu or gpu (default: gpu when CUDA is available)")
     p.add_argument("--summary", action="store_true", help="print the compact table instead")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the JSON files (default: benchmarks/results)")
     p.add_argument("--update", metavar="FILE", help="write the table(s) into FILE's block "
                    "<!-- results:speed-<prefix> --> (--summary) or <!-- results:speed-tables-<prefix> --> (--markdown)")
     a = p.parse_args()
+    RESULTS = Path(a.results)
     prefix = a.prefix or ("gpu" if torch.cuda.is_available() else "cpu")
     if a.summary:
         text = summary(prefix)

@@ -1,0 +1,104 @@
+"""The speed scripts run, write the JSON their tables are made from, and the tables read it (no timing is
+asserted: speed is measured by the scripts, on the machine, side by side)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SMALL = ["-p", "num_train", "24", "-p", "num_val", "16", "-p", "num_shifted", "8", "-p", "num_ood", "8"]
+
+
+def _script(name: str, *args: str, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args, "--out", str(out)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """Small runs of the CPU benchmarks, written where run_all.py reads them."""
+    d = tmp_path_factory.mktemp("results")
+    _script("bench_cam.py", "--images", "24", "--size", "32", "--batch", "8", "--scales", "1.0", "0.5",
+            "--repeats", "1", "--classes", "4", out=d / "cpu_cam.json")
+    _script("bench_amp.py", "--preset", "smoke", "--seeds", "0", "1", "--threads", "1", *SMALL, out=d / "cpu_amp.json")
+    _script("bench_round.py", "--preset", "smoke", "--device", "cpu", *SMALL, out=d / "cpu_round0.json")
+    _script("bench_threads.py", "--preset", "smoke", "--seeds", "0", "1", *SMALL, out=d / "cpu_threads.json")
+    return d
+
+
+def test_cam_benchmark_measures_the_share_of_the_matmul_rate(results):
+    d = json.loads((results / "cpu_cam.json").read_text())
+    assert d["flops_per_image"] > 0 and d["matmul_peak_gflop_per_s"]["fp32"] > 0
+    for case in ("kit", "kit_fast", "kit_cpu_bf16"):
+        e = d[case]
+        rate = e["images_per_s"] * d["flops_per_image"] / 1e9
+        assert e["gflop_per_s"] == pytest.approx(rate, rel=0.02)
+        assert 0 < e["share_of_matmul_peak"]
+    assert d["kit"]["fp32_within_1e-4"] and d["kit_fast"]["fp32_within_1e-4"]
+    assert d["share_case"] == "kit_fast" and d["target_share"] == 0.75
+    ops = [r["op"] for r in d["profile_kit_fast"]]
+    assert any("convolution" in op for op in ops) and sum(r["share"] for r in d["profile_kit_fast"]) <= 1.0
+
+
+def test_bf16_benchmark_compares_the_same_round_in_both_precisions(results):
+    d = json.loads((results / "cpu_amp.json").read_text())
+    assert [r["seed"] for r in d["per_seed"]] == [0, 1] and set(d["cpu_bf16_units"]) == {"amx", "avx512_bf16"}
+    for r in d["per_seed"]:
+        assert 0.5 < r["agreement"]["seeds"] <= 1 and 0.5 < r["agreement"]["pseudo_masks"] <= 1
+        assert 0.9 < r["inference_only"]["seeds"] <= 1
+        assert r["diff"]["miou_best"] == pytest.approx(r["bf16"]["miou_best"] - r["fp32"]["miou_best"])
+        assert r["bf16"]["loss"] != r["fp32"]["loss"]  # the bf16 run did train in bf16
+    assert set(d["judgement"]) == {"agreement_ge_0.995", "miou_within_0.005"}
+
+
+def test_round_and_threads_benchmarks_run_the_kits_own_commands(results):
+    r = json.loads((results / "cpu_round0.json").read_text())
+    assert r["precision"] == "fp32" and r["device"] == "cpu"  # the suite pins amp='auto' to fp32
+    assert set(r["timing_s"]) >= {"classifier_s", "cams_s", "segmenter_s", "total_s"}
+    assert 0 <= r["scores"]["seed_miou_best"] <= 1
+    t = json.loads((results / "cpu_threads.json").read_text())
+    assert t["parallel_jobs"]["jobs"] == 2 and t["intra_op"]["jobs"] == 1
+    assert t["better"] in ("intra_op", "parallel_jobs")
+    # how the seeds are spread over processes does not change a result
+    assert t["intra_op"]["seed_miou_best"] == t["parallel_jobs"]["seed_miou_best"]
+
+
+def test_run_all_tables_are_made_from_the_json(results):
+    def run_all(*args: str) -> str:
+        proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--prefix", "cpu", "--results",
+                               str(results), *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    summary, tables = run_all("--summary"), run_all("--markdown")
+    cam = json.loads((results / "cpu_cam.json").read_text())
+    assert f"{cam['kit_fast']['share_of_matmul_peak']:.0%} of the fp32 matmul rate" in summary
+    amp = json.loads((results / "cpu_amp.json").read_text())
+    assert f"{amp['agreement']['seeds']['mean']:.4f}" in summary
+    thr = json.loads((results / "cpu_threads.json").read_text())
+    assert f"{thr['jobs_over_threads']}x" in summary
+    assert "Where kit_fast's time goes" in tables and "| seed | agreement seeds" in tables
+    assert "| way | jobs | wall s |" in tables and "| stage | seconds |" in tables
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine gpu.sh runs the real benchmarks")
+def test_gpu_script_refuses_to_run_without_cuda(tmp_path):
+    before = sorted(p.name for p in (BENCH / "results").iterdir())
+    readme = (ROOT / "README.md").read_bytes()
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh")], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2
+    assert "no CUDA device here" in proc.stderr and "nothing was run" in proc.stderr
+    assert sorted(p.name for p in (BENCH / "results").iterdir()) == before
+    assert (ROOT / "README.md").read_bytes() == readme
