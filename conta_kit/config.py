@@ -168,6 +168,11 @@ class ContaCfg:
             C and x_m any round could produce (``seed_<s>/conta_gt/``).
         shuffle_prototypes: negative control: every prototype's grid cells are permuted (its own seeded
             permutation), so C keeps its values but loses location and shape.
+        parallel_arms: on a CPU with two or more cores, train the oracle and CONTA over true ingredients in a
+            second process while the rounds train (the cores split between the two, one job per core), rather
+            than after them with every core as intra-op threads (``benchmarks/bench_threads.py`` measured
+            which is faster; the arms need no round). Each process then runs on fewer threads, which can
+            change float rounding (not the arithmetic: the same run on one thread gives the same numbers).
     """
 
     rounds: int = 3
@@ -186,6 +191,7 @@ class ContaCfg:
     oracle: bool = True
     gt_arm: bool = True
     shuffle_prototypes: bool = False
+    parallel_arms: bool = True
 
     def __post_init__(self) -> None:
         choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),

@@ -70,8 +70,9 @@ def test_round_and_threads_benchmarks_run_the_kits_own_commands(results):
     t = json.loads((results / "cpu_threads.json").read_text())
     assert t["parallel_jobs"]["jobs"] == 2 and t["intra_op"]["jobs"] == 1
     assert t["better"] in ("intra_op", "parallel_jobs")
-    # how the seeds are spread over processes does not change a result
-    assert t["intra_op"]["seed_miou_best"] == t["parallel_jobs"]["seed_miou_best"]
+    # one thread per process gives what one process on one thread gives (the number of intra-op threads may
+    # change float rounding, so the intra-op way is reported, not required, to be equal)
+    assert t["parallel_jobs"]["seed_miou_best"] == t["one_thread"]["seed_miou_best"]
 
 
 def test_run_all_tables_are_made_from_the_json(results):

@@ -215,3 +215,58 @@ def test_controls_table_compares_the_true_ingredient_arm_with_each_seeds_baselin
     (dirs[1] / "seed_2" / "metrics.json").unlink()
     with pytest.raises(ValueError, match="conta_gt"):
         controls_markdown(dirs)
+
+
+def _strip_timing(m):
+    if isinstance(m, dict):
+        return {k: _strip_timing(v) for k, v in m.items() if k not in ("timing", "seconds")}
+    if isinstance(m, list):
+        return [_strip_timing(v) for v in m]
+    return m
+
+
+def test_arms_in_a_second_process_give_the_same_results(tmp_path, monkeypatch):
+    from conta_kit.pipeline import rounds as rounds_mod
+
+    small = dict(rounds=1, num_train=24, num_val=16, num_shifted=8, num_ood=8)
+    results = {}
+    real_start = rounds_mod.ArmsJob.start.__func__
+    for parallel in (False, True):
+        started: list = []
+        monkeypatch.setattr(rounds_mod.ArmsJob, "start", classmethod(
+            lambda cls, c, r, started=started: started.append(real_start(cls, c, r)) or started[-1]))
+        cfg = RunCfg.from_params(preset="smoke", parallel_arms=parallel, **small)
+        run = Run.create(f"arms{int(parallel)}", tmp_path)
+        # two threads split into one per process, against everything in one process on one thread: the same
+        # arithmetic (the number of intra-op threads itself may change float rounding)
+        threads = 2 if parallel else 1
+        torch.set_num_threads(threads)
+        run_conta(cfg, run, progress=False)
+        assert len(started) == int(parallel)  # the second process was used only when asked for
+        assert torch.get_num_threads() == threads  # the threads lent to the rounds are given back
+        results[parallel] = _strip_timing(run.metrics["conta"])
+        assert results[parallel].pop("settings")["parallel_arms"] is parallel
+    torch.set_num_threads(2)
+    assert set(results[True]) >= {"oracle", "conta_gt", "rounds"}
+    assert results[True] == results[False]
+
+
+def test_a_failing_round_stops_the_arms_process(tmp_path, monkeypatch):
+    from conta_kit.pipeline import rounds as rounds_mod
+
+    torch.set_num_threads(2)
+    jobs = []
+    real_start = rounds_mod.ArmsJob.start.__func__
+    monkeypatch.setattr(rounds_mod.ArmsJob, "start",
+                        classmethod(lambda cls, c, r: jobs.append(real_start(cls, c, r)) or jobs[-1]))
+
+    def boom(*a, **k):
+        raise RuntimeError("round failed")
+
+    monkeypatch.setattr(rounds_mod, "_rounds", boom)
+    cfg = RunCfg.from_params(preset="smoke", rounds=1, num_train=24, num_val=16, num_shifted=8, num_ood=8)
+    with pytest.raises(RuntimeError, match="round failed"):
+        run_conta(cfg, Run.create("fail", tmp_path), progress=False)
+    (job,) = jobs
+    assert not job.process.is_alive() and job.process.exitcode != 0
+    assert torch.get_num_threads() == 2

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -115,9 +117,31 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
         progress = progress and distributed.rank() == 0
     if round0_from is not None and not run.layout.round(0).done:
         reuse_round0(cfg, run, round0_from, splits, progress)
+    arms_job = ArmsJob.start(cfg, run) if ArmsJob.wanted(cfg, run) else None
+    try:
+        rounds = _rounds(cfg, run, splits, progress, cfg.conta.rounds)
+    except BaseException:
+        if arms_job is not None:
+            arms_job.stop()
+        raise
+    arms: dict[str, Any] = {}
+    if arms_job is not None:
+        arms_job.wait()  # the arms' metrics are in their folders now: read back below
+    if cfg.conta.oracle and cfg.data_source == "scenes":
+        arms["oracle"] = run_oracle(cfg, run, splits, progress)
+        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()
+    if cfg.conta.gt_arm and cfg.data_source == "scenes":  # needs no round: its C and x_m are the truth
+        arms["conta_gt"] = run_conta_gt(cfg, run, splits, progress)
+        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
+        distributed.barrier()
+    return rounds
+
+
+def _rounds(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool, last: int) -> list[dict[str, Any]]:
+    """Rounds 0..``last`` into ``run`` (each read back when done), the run's ``conta`` metrics kept current."""
     rounds: list[dict[str, Any]] = []
     conf, x_m = None, None
-    last = cfg.conta.rounds
     for t in range(last + 1):
         rnd = run.layout.round(t)
         if rnd.done:
@@ -134,16 +158,69 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
         if t < last:
             conf = ConfounderSet.load(rnd.confounders)
             x_m = load_torch(rnd.x_m, map_location="cpu")
-    arms: dict[str, Any] = {}
-    if cfg.conta.oracle and cfg.data_source == "scenes":
-        arms["oracle"] = run_oracle(cfg, run, splits, progress)
-        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
-        distributed.barrier()
-    if cfg.conta.gt_arm and cfg.data_source == "scenes":  # needs no round: its C and x_m are the truth
-        arms["conta_gt"] = run_conta_gt(cfg, run, splits, progress)
-        run.log_metrics("conta", {"rounds": rounds, **arms, "settings": cfg.to_dict()["conta"]})
-        distributed.barrier()
     return rounds
+
+
+def _arms_worker(cfg: RunCfg, path: str, names: list[str], threads: int, parent: int) -> None:
+    """In the arms' process: the oracle and/or CONTA over true ingredients into their folders of ``path``."""
+    from .jobs import die_with_parent
+
+    die_with_parent(parent)
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {cfg.seed} arms %(name)s: %(message)s")
+    run, splits = Run(path), load_splits(cfg)
+    for name in names:
+        (run_oracle if name == "oracle" else run_conta_gt)(cfg, run, splits, False)
+
+
+class ArmsJob:
+    """The oracle and CONTA over true ingredients in a second process while the rounds train in this one, the
+    CPU threads split between the two (``ContaCfg.parallel_arms``). The arms write only their own folders; this
+    process reads their metrics back once the job has ended."""
+
+    def __init__(self, process: mp.process.BaseProcess, threads_before: int) -> None:
+        self.process, self.threads_before = process, threads_before
+
+    @staticmethod
+    def pending(cfg: RunCfg, run: Run) -> list[str]:
+        if cfg.data_source != "scenes":
+            return []
+        on = (("oracle", cfg.conta.oracle), ("conta_gt", cfg.conta.gt_arm))
+        return [name for name, wanted in on if wanted and not getattr(run.layout, name).done]
+
+    @classmethod
+    def wanted(cls, cfg: RunCfg, run: Run) -> bool:
+        # this process's threads, not the machine's cores: a seed job of `--jobs 2` already has its one core
+        return (cfg.conta.parallel_arms and torch.get_num_threads() >= 2 and not distributed.is_distributed()
+                and torch.device(resolve_device(cfg.device)).type == "cpu" and bool(cls.pending(cfg, run)))
+
+    @classmethod
+    def start(cls, cfg: RunCfg, run: Run) -> ArmsJob:
+        before = torch.get_num_threads()
+        theirs = max(1, before // 2)
+        names = cls.pending(cfg, run)
+        for name in names:
+            getattr(run.layout, name).path.mkdir(exist_ok=True)
+        proc = mp.get_context("spawn").Process(target=_arms_worker, name="conta-kit-arms", daemon=True,
+                                               args=(cfg, str(run.path), names, theirs, os.getpid()))
+        proc.start()
+        torch.set_num_threads(max(1, before - theirs))
+        log.info("training %s in a second process (pid %d, %d thread(s)) beside the rounds (%d thread(s))",
+                 " and ".join(names), proc.pid, theirs, torch.get_num_threads())
+        return cls(proc, before)
+
+    def wait(self) -> None:
+        self.process.join()
+        torch.set_num_threads(self.threads_before)
+        if self.process.exitcode != 0:
+            raise RuntimeError(f"the process training the oracle / true-ingredient arms ended with exit code "
+                               f"{self.process.exitcode} (its log is above); run again with --resume to finish it")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+        torch.set_num_threads(self.threads_before)
 
 
 def run_conta_gt(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool = True) -> dict[str, Any]:
