@@ -33,8 +33,11 @@ class DataCfg:
             stream, of which the first ``num_train`` are the train split that gets CAMs, pseudo-masks and the
             segmenter (the generator is free; many epochs over few images are not).
         rider_rate: probability that a horse carries a rider.
-        layout: "prior" (each class its own size, aspect, vertical band and context geometry, as in photos)
-            or "uniform" (the first layout: one size range for all; the negative control for CONTA).
+        layout: "prior" (each class its own size, aspect and vertical band; each context patch where that
+            context lies in photos, so at rho = chance its shape says nothing about the class),
+            "prior_class_surround" (the same, the patch shaped by the object's class whatever context is drawn:
+            a class cue the intervention does not remove; the default before) or "uniform" (the first layout:
+            one size range for all; the negative control for CONTA).
     """
 
     image_size: int = 96
@@ -48,8 +51,8 @@ class DataCfg:
     layout: str = "prior"
 
     def __post_init__(self) -> None:
-        if self.layout not in ("prior", "uniform"):
-            raise ValueError(f"layout must be 'prior' or 'uniform', got {self.layout!r}")
+        if self.layout not in ("prior", "prior_class_surround", "uniform"):
+            raise ValueError(f"layout must be 'prior', 'prior_class_surround' or 'uniform', got {self.layout!r}")
         if not 0.0 <= self.cooccurrence <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {self.cooccurrence}")
         for f in ("num_train", "num_val", "image_size"):

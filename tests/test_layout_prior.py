@@ -53,9 +53,10 @@ def test_flyers_fly_high_and_ground_classes_stand_low():
     assert mean["car"] > 0.7 and mean["train"] > 0.65 and mean["aeroplane"] < mean["boat"] < mean["car"]
 
 
-def test_context_geometry_is_the_class_whichever_context_is_drawn():
-    paired = ConfoundedScenes("train", num_images=60, image_size=64, cooccurrence=1.0)
-    other = ConfoundedScenes("train", num_images=60, image_size=64, cooccurrence=0.0)
+def test_class_surround_layout_shapes_the_patch_by_the_class_whichever_context_is_drawn():
+    kw = dict(num_images=60, image_size=64, layout="prior_class_surround")
+    paired = ConfoundedScenes("train", cooccurrence=1.0, **kw)
+    other = ConfoundedScenes("train", cooccurrence=0.0, **kw)
     for i in range(len(paired)):
         a, b = paired[i], other[i]
         assert torch.equal(a["mask"], b["mask"])  # same objects at the same places
@@ -63,6 +64,65 @@ def test_context_geometry_is_the_class_whichever_context_is_drawn():
         present = a["surround_paired"] >= 0
         assert (a["surround_paired"][present] == 1).all() and (b["surround_paired"][present] == 0).all()
         assert torch.equal(a["context_mask"] >= 0, b["context_mask"] >= 0)  # only the texture differs
+
+
+def _kind_of_box(obj, s):
+    """Where an object's patch lies relative to the object: "below" reaches the bottom edge from inside the
+    object, "behind" ends at the object's feet, "around" encloses it."""
+    (y0, x0, y1, x1), (cy0, cy1, cx0, cx1) = obj["bbox"], obj["surround"]
+    if cy1 == s and cy0 > y0:
+        return "below"
+    if cy1 == min(y1, s) and cy0 <= y0:
+        return "behind"
+    return "around"
+
+
+def test_prior_layout_shapes_the_patch_by_the_context_drawn():
+    from conta_kit.data._layout import CONTEXT_KINDS
+
+    s = 64
+    paired = ConfoundedScenes("train", num_images=80, image_size=s, cooccurrence=1.0)
+    chance = ConfoundedScenes("train", num_images=80, image_size=s, cooccurrence=0.0)
+    kinds = {}
+    for i in range(len(paired)):
+        a, b = paired[i], chance[i]
+        assert torch.equal(a["mask"], b["mask"])  # the same objects at the same places at every rho
+        for item, ds in ((a, paired), (b, chance)):
+            for o in item["meta"]["objects"]:
+                if o["rider"] or o["context"] < 0:
+                    continue
+                kind = CONTEXT_KINDS[ds.context_names[o["context"]]]
+                if kind != "around":  # an "around" patch clipped at the image edge can look like the others
+                    assert _kind_of_box(o, s) == kind, (o, kind)
+                own = CLASS_PRIORS[ds.class_names[o["class"]]][2]
+                assert o["same_geometry"] == (kind == own)
+                if o["paired"]:
+                    assert kind == own  # a paired context sits where it does in photos
+                k = o["class"]
+                if not o["same_geometry"]:
+                    assert item["surround_paired"][k] == -1 and not (item["surround"] == k + 1).any()
+                kinds.setdefault(item is a, set()).add(kind)
+    assert kinds[False] == {"around", "below", "behind"}  # unpaired contexts bring every shape
+
+
+def test_at_chance_the_patch_shape_says_nothing_about_the_class():
+    from conta_kit.data._layout import CONTEXT_KINDS
+
+    ds = ConfoundedScenes("train", num_images=1500, image_size=32, cooccurrence=0.1)  # 1 / 10 contexts: chance
+    table = np.zeros((ds.num_classes, 3))
+    names = ("around", "below", "behind")
+    for i in range(len(ds)):
+        for o in ds.render(i)[3]:
+            if not o["rider"] and o["context"] >= 0:
+                table[o["class"], names.index(CONTEXT_KINDS[ds.context_names[o["context"]]])] += 1
+    expected = np.array([3, 6, 1]) / 10  # kinds of the 10 contexts
+    share = table / table.sum(1, keepdims=True)
+    assert np.abs(share - expected).max() < 0.08, share
+    old = ConfoundedScenes("train", num_images=300, image_size=32, cooccurrence=0.1, layout="prior_class_surround")
+    for i in range(len(old)):  # the class-surround layout: one shape per class at any rho
+        for o in old.render(i)[3]:
+            if not o["rider"]:
+                assert o["same_geometry"]
 
 
 def test_surround_marks_visible_context_of_its_own_object():

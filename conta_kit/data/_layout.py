@@ -19,6 +19,14 @@ CLASS_PRIORS: dict[str, tuple[tuple[float, float], tuple[float, float], str]] = 
 }
 
 
+# context -> where its patch lies around an object in the "prior" layout: the sky, the trees and fog around it,
+# every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. The paired
+# context's kind is its class's kind in CLASS_PRIORS, so a paired surround sits where it does in photos.
+CONTEXT_KINDS: dict[str, str] = {"sky": "around", "tree": "around", "water": "below", "road": "below",
+                                 "grass": "below", "sand": "below", "wall": "behind", "rail": "below",
+                                 "floor": "below", "fog": "around"}
+
+
 def place_uniform(rng: np.random.Generator, s: int, size: tuple[float, float], aspect: float, x0s: int,
                   x1s: int) -> tuple[int, int, int, int]:
     """The first layout: one size range for every class, centre anywhere below 0.3 S; (y0, x0, h, w)."""
@@ -63,6 +71,27 @@ def context_box(rng: np.random.Generator, s: int, kind: str, y0: int, x0: int, h
     elif kind == "behind":
         mx = int(rng.uniform(0.6, 1.0) * w) + 2
         box = (y0 - int(rng.uniform(0.15, 0.35) * h), y0 + h, x0 - mx, x0 + w + mx)
+    else:
+        raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
+    return max(box[0], 0), min(box[1], s), max(box[2], x0s, 0), min(box[3], x1s, s)
+
+
+def context_box_fixed_draws(rng: np.random.Generator, s: int, kind: str, y0: int, x0: int, h: int, w: int,
+                            x0s: int, x1s: int) -> tuple[int, int, int, int]:
+    """:func:`context_box` drawing the same two random numbers whatever ``kind`` is, so that the rest of a
+    sample's draws do not depend on which context (and so which kind) was drawn: the "prior" layout's
+    geometry follows the context, and the same seed must give the same object layouts at every rho."""
+    u, v = rng.random(2)
+    if kind == "around":
+        m = 0.5 + 0.4 * u
+        my, mx = int(m * h) + 2, int(m * w) + 2
+        box = (y0 - my, y0 + h + my, x0 - mx, x0 + w + mx)
+    elif kind == "below":
+        mx = int((0.2 + 0.3 * u) * w) + 2
+        box = (y0 + int((0.55 + 0.2 * v) * h), s, x0 - mx, x0 + w + mx)
+    elif kind == "behind":
+        mx = int((0.6 + 0.4 * u) * w) + 2
+        box = (y0 - int((0.15 + 0.2 * v) * h), y0 + h, x0 - mx, x0 + w + mx)
     else:
         raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
     return max(box[0], 0), min(box[1], s), max(box[2], x0s, 0), min(box[3], x1s, s)

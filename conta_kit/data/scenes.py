@@ -6,13 +6,18 @@ object. Each object stands on a patch of *context* stuff (water, rail, grass, ..
 other contexts. A horse may carry a rider (a person that overlaps it) at ``rider_rate``. Everything outside
 the context patches is a neutral backdrop.
 
-Two layouts. ``layout="prior"`` (default): each class has its own size, aspect and vertical band, as in
-photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and wide), and its context
-lies where it does in photos: around flyers (sky, tree), under boats, cars, trains and animals (water, road,
-rail, grass, sand), behind people (wall); the context's geometry is the class's whichever context is drawn,
-so a paired and an unpaired surround differ only in texture. ``layout="uniform"``: one size range for every
-class, the context a rectangle around the object; the class-wise average masks (CONTA's prototypes) are
-alike: the negative control where the adjustment has nothing to attend to (the first layout, exactly).
+Three layouts. ``layout="prior"`` (default): each class has its own size, aspect and vertical band, as in
+photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and wide), and a context
+patch lies where that context lies in photos (``CONTEXT_KINDS``): sky, trees and fog around the object,
+every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. A paired context
+therefore sits where it does in photos (around flyers, under boats, cars, trains and animals, behind people),
+and the patch's geometry is drawn with the context: at rho = chance neither its texture nor its shape says
+anything about the class. ``layout="prior_class_surround"``: the same objects, but the patch geometry is the
+*class's* whichever context is drawn (the default of commits before this one): its shape is a class cue that
+the rho dial, and so the oracle's intervention, never removes; classifiers learn it (the aeroplane CAM sits
+on the lower edge of the patch around the plane). ``layout="uniform"``: one size range for every class, the
+context a rectangle around the object; the class-wise average masks (CONTA's prototypes) are alike: the
+negative control where the adjustment has nothing to attend to (the first layout, exactly).
 
 Sample ``i`` is a pure function of ``(config, seed, split, i)``: it is drawn from its own
 ``numpy.random.Generator`` seeded with that tuple, so image 10,000 needs nothing of images 0..9,999,
@@ -29,12 +34,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._layout import CLASS_PRIORS, context_box, place_prior, place_uniform
+from ._layout import CLASS_PRIORS, CONTEXT_KINDS, context_box, context_box_fixed_draws, place_prior, place_uniform
 from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_templates
 
 SPLITS = ("train", "val", "shifted", "ood")
 OOD_KINDS = ("hard", "random")
-LAYOUTS = ("prior", "uniform")
+LAYOUTS = ("prior", "prior_class_surround", "uniform")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
 DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
 
@@ -161,13 +166,16 @@ class ConfoundedScenes(Dataset):
         if stream:  # appended only when set, so stream 0 keeps the images the benchmark always had
             self._stream = (*self._stream, stream)
         if layout != "uniform":  # likewise: the uniform layout draws exactly the samples it always drew
-            self._stream = (*self._stream, zlib.crc32(layout.encode()))
+            # (and "prior_class_surround" those that the class-prior layout drew when it was called "prior")
+            self._stream = (*self._stream, zlib.crc32(("prior" if layout == "prior_class_surround" else layout)
+                                                      .encode()))
         tex = context_textures(image_size)
         self._ctx_tex = [tex[n] for n in self.context_names]
         self._backdrop, self._noise = tex["backdrop"], tex["noise"]
         self._templates = object_templates()[: self.num_classes]
         self._aspect = [c[2] for c in table]
         self._prior = [CLASS_PRIORS[c[0]] for c in table]
+        self._context_kind = [CONTEXT_KINDS[n] for n in self.context_names]
         self._colours = [np.asarray(c[3], np.float32) for c in table]
         self._horse = self.class_names.index("horse") if "horse" in self.class_names else -1
         self._person = self.class_names.index("person") if "person" in self.class_names else -1
@@ -189,12 +197,12 @@ class ConfoundedScenes(Dataset):
         surround = np.zeros(mask.shape, np.int64)
         paired = np.full(self.num_classes, -1.0, np.float32)
         for o in objects:  # each object's own context surround (boxes of different objects do not overlap)
-            if o["surround"] is None or o["context"] < 0 or counts[o["class"]] == 0:
-                continue
+            if o["surround"] is None or o["context"] < 0 or counts[o["class"]] == 0 or not o["same_geometry"]:
+                continue  # (a surround shaped unlike the paired context's is left out of the comparison)
             y0, y1, x0, x1 = o["surround"]
             region = ctx[y0:y1, x0:x1] == o["context"]
             surround[y0:y1, x0:x1][region] = o["class"] + 1
-            paired[o["class"]] = float(o["paired"])
+            paired[o["class"]] = float(o["paired"]) if o["same_geometry"] else -1.0
         return {
             "image": torch.from_numpy(image),
             "labels": torch.from_numpy((counts > 0).astype(np.float32)),
@@ -249,24 +257,33 @@ class ConfoundedScenes(Dataset):
                 margin = rng.uniform(*opt.context_margin)
                 my, mx = int(margin * h) + 2, int(margin * w) + 2
                 box = (max(y0 - my, 0), min(y0 + h + my, s), max(x0 - mx, x0s, 0), min(x0 + w + mx, x1s, s))
-            else:
+            elif self.layout == "prior_class_surround":
                 y0, x0, h, w = place_prior(rng, s, self._prior[c], self._aspect[c], x0s, x1s)
                 box = context_box(rng, s, self._prior[c][2], y0, x0, h, w, x0s, x1s)
+            else:  # the patch lies where the drawn context lies (its kind); two draws whatever the kind
+                y0, x0, h, w = place_prior(rng, s, self._prior[c], self._aspect[c], x0s, x1s)
+                kind = self._context_kind[context] if context >= 0 else self._prior[c][2]
+                box = context_box_fixed_draws(rng, s, kind, y0, x0, h, w, x0s, x1s)
             if context >= 0:
                 cy0, cy1, cx0, cx1 = box
                 ty, tx = rng.integers(0, s, size=2)
                 image[:, cy0:cy1, cx0:cx1] = self._ctx_tex[context][:, ty + cy0 : ty + cy1, tx + cx0 : tx + cx1]
                 ctx[cy0:cy1, cx0:cx1] = context
             flip = bool(rng.random() < 0.5)
+            # a surround is compared with the paired one (confounding leakage) only when it has the paired
+            # context's geometry: always in the uniform and class-surround layouts, same kind in "prior"
+            same_geometry = self.layout != "prior" or context < 0 or \
+                self._context_kind[context] == self._prior[c][2]
             objects.append({"class": c, "context": context, "bbox": (y0, x0, y0 + h, x0 + w), "surround": box,
-                            "rider": False, "paired": context == self.paired_context[c]})
+                            "rider": False, "paired": context == self.paired_context[c],
+                            "same_geometry": same_geometry})
             placed.append((c, y0, x0, h, w, flip))
             if c == self._horse and rider:
                 ph, pw = int(h * 1.05), max(int(h * 1.05 * 0.45), 4)
                 py0 = y0 + int(0.55 * h) - ph  # legs overlap the horse's back
                 px0 = x0 + int(w * rng.uniform(0.25, 0.55)) - pw // 2
                 objects.append({"class": self._person, "context": -1, "bbox": (py0, px0, py0 + ph, px0 + pw),
-                                "surround": None, "rider": True, "paired": False})
+                                "surround": None, "rider": True, "paired": False, "same_geometry": True})
                 placed.append((self._person, py0, px0, ph, pw, False))
 
         if self.split != "ood":
