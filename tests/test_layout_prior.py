@@ -143,3 +143,16 @@ def test_layouts_are_deterministic_and_distinct():
     assert not torch.equal(a[0]["mask"], u[0]["mask"])
     with pytest.raises(ValueError, match="layout must be one of"):
         ConfoundedScenes("train", layout="diagonal")
+
+
+def test_patch_shape_information_is_gone_at_chance_only_where_the_shape_follows_the_context():
+    from conta_kit.data.stats import patch_shape_information
+
+    def bits(layout, rho):
+        ds = ConfoundedScenes("train", num_images=600, image_size=32, cooccurrence=rho, layout=layout)
+        return patch_shape_information(ds)["mutual_information_bits"]
+
+    assert bits("prior", 0.1) < 0.03 < 0.5 < bits("prior", 0.9)
+    fixed = bits("prior_class_surround", 0.1)
+    assert fixed == pytest.approx(bits("prior_class_surround", 0.9)) and fixed > 1.0
+    assert bits("uniform", 0.9) == 0.0

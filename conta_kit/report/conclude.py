@@ -101,6 +101,14 @@ def data(metrics: dict[str, Any], rho: float) -> str:
                      f"{_f(lay.get('prototype_cosine_uniform_layout'), 2)}); the lower it is, the more the classes "
                      "differ in place and shape, and the more an attention over class-wise prototypes has to work "
                      "with.")
+        bits = lay.get("patch_shape_bits")
+        if bits:
+            gone = bits["chance"] < 0.1 * max(bits["train"], 1e-9)
+            lines.append(f"**The shape of the context patch** tells {_f(bits['train'], 2)} bits about the class at "
+                         f"this rho and {_f(bits['chance'], 2)} bits at chance, on the oracle's kind of data: "
+                         + ("the intervention removes it with the texture." if gone else
+                            "a class cue that drawing the context at chance does not remove, so the oracle can use "
+                            "it too."))
     return "\n\n".join(lines)
 
 
