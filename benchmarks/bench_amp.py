@@ -13,7 +13,10 @@ For every seed, round 0 of the pipeline (classifier -> CAMs -> pseudo-masks -> s
   bf16 - fp32 difference per seed, mean ± std;
 * ``loss``: the largest per-epoch |bf16 - fp32| classifier loss difference against the fp32 loss's spread
   over seeds at the same epoch (noise);
-* ``speed``: each stage's seconds and the fp32 / bf16 time ratio of the round and of the classifier.
+* ``speed``: each stage's seconds and the fp32 / bf16 time ratio of the round and of the classifier;
+* ``fp32_rerun`` (with ``--rerun-threads N``): the fp32 round once more on N threads, whose only difference is
+  float rounding (the order of sums); its agreement with the first fp32 run is the noise floor that any
+  change of rounding meets in SGD training, the yardstick for the bf16 agreement.
 
 The CPU's bf16 units (AMX, AVX512-BF16) are recorded: without them bf16 is emulated and slower than fp32,
 and ``amp="auto"`` does not pick it (:mod:`conta_kit.precision`). The judgement the issue asks for:
@@ -76,6 +79,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="overrides as for conta-kit (typed values: ints and floats are parsed)")
+    p.add_argument("--rerun-threads", type=int, default=None,
+                   help="also rerun fp32 on this many threads: the rounding noise floor")
     p.add_argument("--out")
     a = p.parse_args()
     setup(a.threads, "cpu")
@@ -92,7 +97,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in a.seeds:
             runs, row = {}, {"seed": s}
-            for name, amp in PRECISIONS.items():
+            arms = dict(PRECISIONS) | ({"fp32_rerun": "off"} if a.rerun_threads else {})
+            for name, amp in arms.items():
+                torch.set_num_threads(a.rerun_threads if name == "fp32_rerun" else a.threads)
                 cfg = RunCfg.from_params(a.preset, seed=s, amp=amp, device="cpu", oracle=False, gt_arm=False,
                                          **overrides)
                 splits = load_splits(cfg)
@@ -116,6 +123,13 @@ def main() -> None:
             s32_in16 = _seeds(cfg32, m32, train, "bf16")
             row["agreement"] = {"seeds": float((s32 == s16).float().mean()),
                                 "pseudo_masks": float((p32 == p16).float().mean())}
+            if "fp32_rerun" in runs:
+                cfg_r, rnd_r, _ = runs["fp32_rerun"]
+                s_r = _seeds(cfg_r, _classifier(cfg_r, rnd_r, c), train, "off")
+                p_r = load_torch(rnd_r.artifact("pseudo_masks.pt"))
+                row["fp32_rerun_agreement"] = {"seeds": float((s32 == s_r).float().mean()),
+                                               "pseudo_masks": float((p32 == p_r).float().mean())}
+                row["fp32_rerun_diff"] = {k: row["fp32_rerun"][k] - row["fp32"][k] for k in keys}
             row["inference_only"] = {"seeds": float((s32 == s32_in16).float().mean())}
             row["diff"] = {k: row["bf16"][k] - row["fp32"][k] for k in keys}
             row["speedup_fp32_over_bf16"] = {
@@ -141,6 +155,11 @@ def main() -> None:
                  else None},
         "speedup_fp32_over_bf16": {k: _ms([r["speedup_fp32_over_bf16"][k] for r in per_seed])
                                    for k in ("round", "classifier", "cams", "segmenter")},
+        **({"fp32_rerun": {"threads": a.rerun_threads,
+                           "agreement": {k: _ms([r["fp32_rerun_agreement"][k] for r in per_seed])
+                                         for k in ("seeds", "pseudo_masks")},
+                           "diff_minus_fp32": {k: _ms([r["fp32_rerun_diff"][k] for r in per_seed]) for k in keys}}}
+           if a.rerun_threads else {}),
         "judgement": {"agreement_ge_0.995": all(v["mean"] >= 0.995 for v in agree.values()),
                       "miou_within_0.005": all(abs(v["mean"]) <= 0.005 for v in diffs.values())},
     }

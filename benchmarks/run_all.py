@@ -28,7 +28,8 @@ RUNS = {  # name: (script, arguments)
     "cam_small": ("bench_cam.py", ["--size", "64", "--scales", "1.0", "0.5"]),  # the kit's CPU presets
     "train": ("bench_train.py", []),
     "masks": ("bench_masks.py", []),
-    "amp": ("bench_amp.py", ["--preset", "bench", "--threads", "2"]),  # bf16 judged on seeds (3 seeds, both cores)
+    # bf16 judged on seeds (3 seeds), against the noise floor of an fp32 rerun on another thread count
+    "amp": ("bench_amp.py", ["--preset", "bench", "--threads", "1", "--rerun-threads", "2"]),
     "threads": ("bench_threads.py", ["--preset", "bench"]),  # sets its own threads per way
 }
 GPU_RUNS = {  # IRNet-sized models, on a GPU only
@@ -135,6 +136,12 @@ def markdown(prefix: str) -> str:
             lines += ["", f"Classifier loss, largest |bf16 - fp32| per epoch {gap} against the fp32 spread over "
                       f"seeds {noise} "
                       f"(within twice the spread: {lo['within_noise']}); judgement {d['judgement']}."]
+            if "fp32_rerun" in d:
+                fr = d["fp32_rerun"]
+                diffs = ", ".join(f"{k} {v['mean']:+.4f} ± {v['std']:.4f}" for k, v in fr["diff_minus_fp32"].items())
+                lines += ["", f"Noise floor: fp32 rerun on {fr['threads']} thread(s) (float rounding the only change): "
+                          f"seeds equal on {fr['agreement']['seeds']['mean']:.4f}, pseudo-masks on "
+                          f"{fr['agreement']['pseudo_masks']['mean']:.4f} of the pixels; mIoU differences {diffs}."]
         elif d["benchmark"] == "threads_vs_jobs":
             lines += [f"Round 0 of seeds {d['seeds']}, preset `{d['preset']}`, {d['cpu_count']} cores", "",
                       "| way | jobs | wall s | seed mIoU per seed |", "|---|---|---|---|"]
@@ -206,6 +213,13 @@ def summary(prefix: str) -> str:
                     f"{ag['pseudo_masks']['mean']:.4f}; {d['inference_only']['mean']:.4f} |")
         rows.append(f"| same | largest mean mIoU difference (seed, pseudo-mask, segmentation); round time fp32 / bf16 "
                     f"| {worst:.4f}; {d['speedup_fp32_over_bf16']['round']['mean']:.2f}x |")
+        if "fp32_rerun" in d:
+            fr = d["fp32_rerun"]
+            worst_r = max(abs(v["mean"]) for v in fr["diff_minus_fp32"].values())
+            rows.append(f"| same, the noise floor: fp32 rerun on {fr['threads']} thread(s), float rounding the only "
+                        f"change | seeds / pseudo-masks equal on; largest mean mIoU difference | "
+                        f"{fr['agreement']['seeds']['mean']:.4f} / {fr['agreement']['pseudo_masks']['mean']:.4f}; "
+                        f"{worst_r:.4f} |")
     d = load("threads")
     if d is not None:
         rows.append(f"| both cores: round 0 of {len(d['seeds'])} seeds, preset `{d['preset']}` | parallel jobs "

@@ -31,7 +31,8 @@ def results(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("results")
     _script("bench_cam.py", "--images", "24", "--size", "32", "--batch", "8", "--scales", "1.0", "0.5",
             "--repeats", "1", "--classes", "4", out=d / "cpu_cam.json")
-    _script("bench_amp.py", "--preset", "smoke", "--seeds", "0", "1", "--threads", "1", *SMALL, out=d / "cpu_amp.json")
+    _script("bench_amp.py", "--preset", "smoke", "--seeds", "0", "1", "--threads", "1", "--rerun-threads", "2", *SMALL,
+            out=d / "cpu_amp.json")
     _script("bench_round.py", "--preset", "smoke", "--device", "cpu", *SMALL, out=d / "cpu_round0.json")
     _script("bench_threads.py", "--preset", "smoke", "--seeds", "0", "1", *SMALL, out=d / "cpu_threads.json")
     return d
@@ -60,6 +61,8 @@ def test_bf16_benchmark_compares_the_same_round_in_both_precisions(results):
         assert r["diff"]["miou_best"] == pytest.approx(r["bf16"]["miou_best"] - r["fp32"]["miou_best"])
         assert r["bf16"]["loss"] != r["fp32"]["loss"]  # the bf16 run did train in bf16
     assert set(d["judgement"]) == {"agreement_ge_0.995", "miou_within_0.005"}
+    floor = d["fp32_rerun"]
+    assert floor["threads"] == 2 and 0.5 < floor["agreement"]["seeds"]["mean"] <= 1
 
 
 def test_round_and_threads_benchmarks_run_the_kits_own_commands(results):
@@ -87,6 +90,7 @@ def test_run_all_tables_are_made_from_the_json(results):
     assert f"{cam['kit_fast']['share_of_matmul_peak']:.0%} of the fp32 matmul rate" in summary
     amp = json.loads((results / "cpu_amp.json").read_text())
     assert f"{amp['agreement']['seeds']['mean']:.4f}" in summary
+    assert "the noise floor: fp32 rerun on 2 thread(s)" in summary and "Noise floor: fp32 rerun" in tables
     thr = json.loads((results / "cpu_threads.json").read_text())
     assert f"{thr['jobs_over_threads']}x" in summary
     assert "Where kit_fast's time goes" in tables and "| seed | agreement seeds" in tables

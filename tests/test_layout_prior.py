@@ -69,7 +69,7 @@ def test_class_surround_layout_shapes_the_patch_by_the_class_whichever_context_i
 def _kind_of_box(obj, s):
     """Where an object's patch lies relative to the object: "below" reaches the bottom edge from inside the
     object, "behind" ends at the object's feet, "around" encloses it."""
-    (y0, x0, y1, x1), (cy0, cy1, cx0, cx1) = obj["bbox"], obj["surround"]
+    (y0, _, y1, _), (cy0, cy1, _, _) = obj["bbox"], obj["surround"]
     if cy1 == s and cy0 > y0:
         return "below"
     if cy1 == min(y1, s) and cy0 <= y0:
