@@ -1,4 +1,5 @@
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,8 @@ def test_cam_localisation_and_surround_leakage_by_hand():
     out = loc.compute()
     assert out["num_pairs"] == 2 and out["cam_mass_in_object"] == pytest.approx((1 + 4 / 64) / 2)
     assert out["object_pixel_share"] == pytest.approx(4 / 64) and out["cam_peak_on_object"] == 0.5
+    assert out["cam_peak_on_object_per_class"][0] == 0.5 and math.isnan(out["cam_peak_on_object_per_class"][1])
+    assert out["cam_mass_in_object_per_class"][0] == pytest.approx((1 + 4 / 64) / 2)
 
     surround = torch.zeros(2, 8, 8, dtype=torch.long)
     surround[:, 4:8, :] = 1  # half the image is class 0's surround

@@ -193,3 +193,14 @@ def test_sweep_panels_label_their_scales():
     fig = plot_sweep(summary, ("seed_miou_fixed", "cam_leakage"))
     labels = [a.get_ylabel() for a in fig.axes]
     assert all(labels) and labels[1].endswith("(lower is better)") and not labels[0].endswith("better)")
+
+
+def test_cams_conclusion_names_the_classes_whose_peak_misses_the_object():
+    from conta_kit.report import conclude
+
+    seed = {"miou_fixed": 0.2, "miou_best": 0.3, "localisation": {
+        "cam_mass_in_object": 0.2, "object_pixel_share": 0.05, "cam_peak_on_object": 0.4,
+        "cam_peak_on_object_per_class": [0.8, 0.04, float("nan")]}}
+    text = conclude.cams([{"seed": seed}], {}, ["car", "aeroplane", "cow"])
+    assert "CAM peak on the object, per class: aeroplane 0.04, car 0.80" in text and "cow" not in text
+    assert "per class" not in conclude.cams([{"seed": seed}], {})  # without names: no per-class sentence

@@ -48,6 +48,8 @@ class CamLocalisation:
         self.num_classes = num_classes
         self.mass_in = self.pixel_share = self.peak_hits = 0.0
         self.n = 0
+        # per class: which classes' CAMs sit on their objects and which on something else (a context shortcut)
+        self.class_sums = torch.zeros(3, num_classes, dtype=torch.float64)  # mass in, peak hits, pairs
 
     @torch.no_grad()
     def update(self, cams: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
@@ -65,11 +67,16 @@ class CamLocalisation:
         self.pixel_share += float((obj.sum(dim=(2, 3)) / valid)[use].sum())
         self.peak_hits += float(peak[use].sum())
         self.n += int(use.sum())
+        u = use.double().cpu()
+        self.class_sums += torch.stack([(inside.double().cpu() * u).sum(0), (peak.double().cpu() * u).sum(0), u.sum(0)])
 
     def compute(self) -> dict[str, float]:
         n = self.n or math.nan
+        per = self.class_sums[:2] / self.class_sums[2].clamp_min(1)
+        per[:, self.class_sums[2] == 0] = math.nan
         return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
-                "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n}
+                "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n,
+                "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist()}
 
 
 class SurroundLeakage:

@@ -116,8 +116,9 @@ def _seed(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("seed", {})
 
 
-def cams(history: list[dict[str, Any]], arms: dict[str, dict[str, Any]]) -> str:
-    """02: how good the baseline's CAMs are, and what confounding costs it (against the oracle)."""
+def cams(history: list[dict[str, Any]], arms: dict[str, dict[str, Any]], names: list[str] | None = None) -> str:
+    """02: how good the baseline's CAMs are, and what confounding costs it (against the oracle); with the class
+    ``names``, where each class's CAM peak lands."""
     b = _seed(history[0])
     lines = [f"**Baseline CAMs.** Seed mIoU {_f(b.get('miou_fixed'))} at IRNet's fixed threshold "
              f"{b.get('fixed_threshold', 0.15)}, {_f(b.get('miou_best'))} at the threshold chosen on val "
@@ -133,6 +134,12 @@ def cams(history: list[dict[str, Any]], arms: dict[str, dict[str, Any]]) -> str:
                      + ("the CAMs localise." if loc.get("cam_mass_in_object", 0) > 2 * loc.get("object_pixel_share", 1)
                         else "the CAMs barely localise (not much above the objects' share); read the comparisons "
                              "below with that in mind."))
+        per = loc.get("cam_peak_on_object_per_class")
+        if per and names:
+            ranked = sorted((v, n) for v, n in zip(per, names) if v == v)  # NaN: class absent
+            lines.append("CAM peak on the object, per class: " + ", ".join(f"{n} {_f(v, 2)}" for v, n in ranked)
+                         + " (a class whose peak rarely lands on its object is recognised by something else: its "
+                           "context, or the shape of the patch it stands on).")
     if "oracle" in arms:
         o = arms["oracle"]
         pairs = [("seed mIoU at the val threshold", _seed(o).get("miou_best"), b.get("miou_best"), True),
