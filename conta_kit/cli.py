@@ -101,8 +101,23 @@ def _resume_target(args: argparse.Namespace, command: str) -> tuple[Run, str, di
     if conflicts:
         raise ValueError(f"{folder} was made with preset {p['preset']!r} and overrides {p['overrides']}; --resume "
                          f"continues it with those. Refused: {'; '.join(conflicts)}")
+    _check_scenes_version(folder, p)
     check_writable(folder)
     return run, p["preset"], dict(p["overrides"])
+
+
+def _check_scenes_version(folder: Path, params: dict[str, Any]) -> None:
+    """A benchmark run made before ``layout="prior"`` changed meaning cannot be continued on today's "prior"."""
+    from .data.scenes import SCENES_VERSION
+
+    resolved = params.get("resolved", {})
+    if resolved.get("data_source", "scenes") != "scenes" or resolved.get("data", {}).get("layout") != "prior":
+        return
+    env = read_json(folder / "env.json") if (folder / "env.json").is_file() else {}
+    if env.get("scenes_version", 1) < SCENES_VERSION:
+        raise ValueError(f"{folder} was made when the benchmark's layout 'prior' shaped every context patch by the "
+                         f"object's class (today's 'prior_class_surround'); continuing it would mix two benchmarks. "
+                         f"Start a new run (with -p layout prior_class_surround to reproduce it)")
 
 
 def _baseline(args: argparse.Namespace) -> int:

@@ -36,6 +36,9 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
             versions[name] = None
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                             "versions": versions, "seed": seed, "device": device, "git_commit": git_commit()}
+    from .data.scenes import SCENES_VERSION
+
+    info["scenes_version"] = SCENES_VERSION  # what layout "prior" means in this run (see data/scenes.py)
     if device is not None:  # what "auto" became on this machine, beside what was asked for
         try:
             from .config import resolve_device

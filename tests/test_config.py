@@ -79,3 +79,27 @@ def test_cli_refuses_bad_values_before_making_a_folder_and_resume_keeps_the_runs
     assert main(["baseline", "--resume", str(run), "--no-progress"]) == 0  # finished: nothing changes
     assert "nothing to resume" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_a_run_made_when_prior_meant_the_class_shaped_patch_is_not_resumed(tmp_path, capsys):
+    import json
+
+    from conta_kit import cli
+    from conta_kit.data.scenes import SCENES_VERSION
+
+    run = tmp_path / "20260101-000000_conta"
+    run.mkdir()
+    params = {"command": "conta", "preset": "smoke", "overrides": {}, "seeds": [0],
+              "resolved": {"data_source": "scenes", "data": {"layout": "prior"}}}
+    (run / "params.json").write_text(json.dumps(params))
+    (run / "env.json").write_text(json.dumps({"git_commit": "old"}))
+    before = sorted(p.name for p in run.iterdir())
+    assert cli.main(["conta", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "prior_class_surround" in err and "would mix two benchmarks" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing was written
+    (run / "env.json").write_text(json.dumps({"scenes_version": SCENES_VERSION}))
+    cli._check_scenes_version(run, params)  # a run of today's benchmark passes this check
+    params["resolved"]["data"]["layout"] = "uniform"
+    (run / "env.json").write_text(json.dumps({}))
+    cli._check_scenes_version(run, params)  # the uniform layout never changed

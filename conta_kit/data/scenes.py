@@ -38,6 +38,9 @@ from ._layout import CLASS_PRIORS, CONTEXT_KINDS, context_box, context_box_fixed
 from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_templates
 
 SPLITS = ("train", "val", "shifted", "ood")
+#: Recorded in every run's env.json. 2: ``layout="prior"`` shapes a context patch by the context drawn (before, by
+#: the object's class: that layout is now ``"prior_class_surround"``); a run without it cannot be resumed on "prior".
+SCENES_VERSION = 2
 OOD_KINDS = ("hard", "random")
 LAYOUTS = ("prior", "prior_class_surround", "uniform")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
