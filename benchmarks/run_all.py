@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RUNS = {  # name: (script, arguments)
     "cam": ("bench_cam.py", []),
+    "cam_repeat": ("bench_cam.py", []),  # the same again: how much a share of the matmul rate moves run to run
     "cam_small": ("bench_cam.py", ["--size", "64", "--scales", "1.0", "0.5"]),  # the kit's CPU presets
     "train": ("bench_train.py", []),
     "masks": ("bench_masks.py", []),
@@ -37,8 +38,9 @@ GPU_RUNS = {  # IRNet-sized models, on a GPU only
     "train_resnet50": ("bench_train.py", ["--classifier", "resnet50", "--segmenter", "deeplabv3_resnet50",
                                           "--size", "320", "--batch", "16", "--images", "256"]),
 }
-# kept results that other scripts write (gpu.sh: bench_round.py --preset gpu) and are only tabulated here
-TABULATED = ("round0",)
+# the benchmark kinds markdown() draws tables for (round0: bench_round.py, which gpu.sh runs with the gpu preset)
+TABLED = ("cam_inference", "training_throughput", "masks_confounders_metrics", "cpu_bf16_round0", "threads_vs_jobs",
+          "round0")
 
 
 def run(names: list[str], prefix: str) -> None:
@@ -69,6 +71,8 @@ def markdown(prefix: str) -> str:
     lines = []
     for path in sorted(RESULTS.glob(f"{prefix}_*.json")):
         d = json.loads(path.read_text())
+        if d.get("benchmark") not in TABLED:
+            continue  # e.g. cpu_wiring.json: bench_wiring.py's result, tabulated in docs/conta.md
         lines += [f"`{_shown(path)}` ({d['device']}, {d['device_name']}, torch {d['torch']}, "
                   f"{d['threads']} thread(s))", ""]
         if d["benchmark"] == "cam_inference":
@@ -168,7 +172,7 @@ def summary(prefix: str) -> str:
         return json.loads(path.read_text()) if path.exists() else None
 
     rows = []
-    for name in ("cam", "cam_small", "cam_resnet50"):
+    for name in ("cam", "cam_repeat", "cam_small", "cam_resnet50"):
         d = load(name)
         if d is None:
             continue
@@ -186,9 +190,11 @@ def summary(prefix: str) -> str:
         rows.append(f"| {what} | target {d['target_ratio']}x on the paths that agree with the reference | "
                     f"{'met' if d['meets_target'] else 'not met'} (best {d['best_ratio_vs_reference']}x) |")
         if "share" in d:
-            rows.append(f"| {what} | target: {d['share_case']} at >= {d['target_share']:.0%} of the matmul rate "
-                        f"({d['matmul_peak_gflop_per_s']}) GFLOP/s | {'met' if d['meets_share_target'] else 'not met'} "
-                        f"({d['share']:.0%}; convolution takes {d['profile_kit_fast'][0]['share']:.0%} of the time) |")
+            kind = "bf16" if "amp" in d["share_case"] else "fp32"
+            rows.append(f"| {what} | target: {d['share_case']} at >= {d['target_share']:.0%} of the measured {kind} "
+                        f"matmul rate ({d['matmul_peak_gflop_per_s'][kind]} GFLOP/s) | "
+                        f"{'met' if d['meets_share_target'] else 'not met'} ({d['share']:.0%}; convolution takes "
+                        f"{d['profile_kit_fast'][0]['share']:.0%} of the time) |")
     for name in ("train", "train_resnet50"):
         d = load(name)
         if d is None:
