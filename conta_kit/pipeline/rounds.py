@@ -107,7 +107,9 @@ def run_conta(cfg: RunCfg, run: Run, *, progress: bool = True,
     A round whose ``round_t/metrics.json`` exists is done and is read back; an unfinished round resumes
     its training from the last epoch checkpoint (the data order and initialisation are seeded, so the
     result is the same as an uninterrupted run). ``round0_from`` (a seed folder or its ``round_0``) reuses
-    a finished baseline of the same seed and settings, e.g. for ablations of CONTA's options.
+    a finished baseline of the same seed and settings, e.g. for ablations of CONTA's options. On the benchmark
+    the oracle and CONTA over true ingredients follow the rounds, or train beside them in a second process
+    (:class:`ArmsJob`, ``cfg.conta.parallel_arms``) when this process has two or more threads.
     """
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg)
