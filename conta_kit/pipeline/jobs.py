@@ -17,22 +17,7 @@ import torch
 from ..config import RunCfg
 from ..io import Run, RunLayout
 from ..summary import summarize
-from .rounds import run_conta, seed_run
-
-
-def die_with_parent(parent: int, every_s: float = 1.0) -> None:
-    """In a worker process: a daemon thread that ends the process as soon as ``parent`` is gone (a killed
-    kernel or ``conta-kit`` must not leave orphaned workers training)."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(every_s)
-
-    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+from .rounds import die_with_parent, run_conta, seed_run
 
 
 def _seed_job(cfg: RunCfg, path: str, progress: bool, threads: int | None,

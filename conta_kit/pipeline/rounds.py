@@ -163,10 +163,23 @@ def _rounds(cfg: RunCfg, run: Run, splits: dict[str, Any], progress: bool, last:
     return rounds
 
 
+def die_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a worker process: a daemon thread that ends the process as soon as ``parent`` is gone (a killed
+    kernel or ``conta-kit`` must not leave orphaned workers training)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def _arms_worker(cfg: RunCfg, path: str, names: list[str], threads: int, parent: int) -> None:
     """In the arms' process: the oracle and/or CONTA over true ingredients into their folders of ``path``."""
-    from .jobs import die_with_parent
-
     die_with_parent(parent)
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {cfg.seed} arms %(name)s: %(message)s")
