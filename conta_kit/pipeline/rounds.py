@@ -16,6 +16,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,9 @@ def _arms_worker(cfg: RunCfg, path: str, names: list[str], threads: int, parent:
     """In the arms' process: the oracle and/or CONTA over true ingredients into their folders of ``path``."""
     die_with_parent(parent)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {cfg.seed} arms %(name)s: %(message)s")
+    # stdout: under papermill the kernel shows it as the notebook's own log, not as warnings
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format=f"%(asctime)s seed {cfg.seed} arms %(name)s: %(message)s")
     run, splits = Run(path), load_splits(cfg)
     for name in names:
         (run_oracle if name == "oracle" else run_conta_gt)(cfg, run, splits, False)
