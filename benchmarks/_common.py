@@ -51,3 +51,16 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     print(json.dumps(to_jsonable(result), indent=2))
     if out:
         write_json(Path(out), result, overwrite=True)
+
+
+def overrides_from(pairs: list[list[str]]) -> dict[str, Any]:
+    """``-p KEY VALUE`` pairs as typed overrides: ints, floats, true/false/none, else the string."""
+    def typed(v: str) -> Any:
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                continue
+        return {"true": True, "false": False, "none": None}.get(v.lower(), v)
+
+    return {k: typed(v) for k, v in pairs}

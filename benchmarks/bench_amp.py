@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, environment, setup
+from _common import emit, environment, overrides_from, setup
 
 from conta_kit.cam import compute_cams
 from conta_kit.cam.pseudo import foreground_argmax
@@ -78,21 +78,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="overrides as for conta-kit (typed values: ints and floats are parsed)")
+                   help="overrides as for conta-kit (ints, floats, true/false/none parsed)")
     p.add_argument("--rerun-threads", type=int, default=None,
                    help="also rerun fp32 on this many threads: the rounding noise floor")
     p.add_argument("--out")
     a = p.parse_args()
     setup(a.threads, "cpu")
-    overrides = {}
-    for k, v in a.p:
-        for cast in (int, float):
-            try:
-                v = cast(v)
-                break
-            except ValueError:
-                continue
-        overrides[k] = v
+    overrides = overrides_from(a.p)
     per_seed, keys = [], ("miou_fixed", "miou_best", "pseudo_miou", "seg_miou")
     with tempfile.TemporaryDirectory() as tmp:
         for s in a.seeds:

@@ -18,22 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, environment, setup
+from _common import emit, environment, overrides_from, setup
 
 from conta_kit.config import RunCfg
 from conta_kit.data.splits import load_splits
 from conta_kit.layout import RoundLayout
 from conta_kit.pipeline.round import run_round
 from conta_kit.precision import resolve
-
-
-def _typed(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            continue
-    return {"true": True, "false": False, "none": None}.get(v.lower(), v)
 
 
 def main() -> None:
@@ -47,7 +38,7 @@ def main() -> None:
     p.add_argument("--out")
     a = p.parse_args()
     device = setup(a.threads, a.device)
-    overrides = {k: _typed(v) for k, v in a.p}
+    overrides = overrides_from(a.p)
     cfg = RunCfg.from_params(a.preset, seed=a.seed, device=str(device), amp=a.amp, **overrides)
     splits = load_splits(cfg)
     with tempfile.TemporaryDirectory() as tmp:
