@@ -23,7 +23,10 @@ at >= 40 % of the bf16 matmul rate on a GPU.
 The machine's limit: the FLOPs of one image's CAMs (``torch.utils.flop_counter.FlopCounterMode`` over the
 ``kit_fast`` call: convolutions and matmuls, two FLOPs per multiply-add) times each case's images/s, as a
 share of this machine's measured matrix-multiply rate (``matmul_peak``: a 1024 x 1024 x 1024 fp32 matmul,
-and bf16, best of several, on the same threads; 8192 on a GPU); ``profile``: where ``kit_fast``'s time goes, by operator
+and bf16, best of several, on the same threads; 8192 on a GPU). The matmul rates are measured in every round
+right after the cases, so each round gives a share of like with like (``share_per_round``; the VM's speed
+drifts by tens of per cent between minutes); the target counts as met only when the best-of share and every
+round's share reach it. ``profile``: where ``kit_fast``'s time goes, by operator
 (``torch.profiler``, self time), so the part that is not convolution is named.
 """
 
@@ -140,15 +143,22 @@ def main() -> None:
             timed(fn, device)
     times: dict[str, list[float]] = {name: [] for name in cases}
     outputs = {}
-    for _ in range(a.repeats):
+    n = 8192 if device.type == "cuda" else 1024  # large enough to reach the rate the hardware sustains
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(a.repeats):  # each round: every case, then the matmul rates, so a share compares like times
         for name, fn in cases.items():
             t, out = timed(fn, device)
             times[name].append(round(t, 4))
             outputs.setdefault(name, out)
+        for kind, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            rates[kind].append(matmul_rate(dtype, device, n, repeats=5))
     ref_rate = a.images / min(times["reference"])
     flops_per_image = count_flops(cases["kit_fast"]) / a.images
-    n = 8192 if device.type == "cuda" else 1024  # large enough to reach the rate the hardware sustains
-    peak = {"fp32": matmul_rate(torch.float32, device, n), "bf16": matmul_rate(torch.bfloat16, device, n)}
+    peak = {k: max(v) for k, v in rates.items()}
+
+    def round_shares(name: str, kind: str) -> list[float]:
+        """The case's rate in each round over the matmul rate measured in that round."""
+        return [round(a.images / t * flops_per_image / r, 3) for t, r in zip(times[name], rates[kind])]
     result = {"benchmark": "cam_inference", **environment(device), "backbone": a.backbone, "classes": a.classes,
               "images": a.images, "image_size": a.size, "batch": a.batch, "scales": list(scales), "flip": True,
               "repeats": a.repeats, "max_pixels": a.max_pixels, "fold_s": round(fold_s, 4),
@@ -165,6 +175,9 @@ def main() -> None:
         bf16 = name in ("kit_cpu_bf16", "kit_amp_channels_last")
         entry["gflop_per_s"] = round(rate * flops_per_image / 1e9, 2)
         entry["share_of_matmul_peak"] = round(rate * flops_per_image / peak["bf16" if bf16 else "fp32"], 3)
+        per_round = round_shares(name, "bf16" if bf16 else "fp32")
+        entry["share_per_round"] = per_round
+        entry["share_median_of_rounds"] = sorted(per_round)[len(per_round) // 2]
         if name in FP32_CASES:
             entry["fp32_within_1e-4"] = max(diff_high, diff_low) <= TOLERANCE
         result[name] = entry
@@ -173,6 +186,7 @@ def main() -> None:
     result["reference"]["share_of_matmul_peak"] = round(ref_rate * flops_per_image / peak["fp32"], 3)
     result["flops_per_image"] = flops_per_image
     result["matmul_peak_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
+    result["matmul_gflop_per_s_per_round"] = {k: [round(r / 1e9, 1) for r in v] for k, v in rates.items()}
     result["profile_kit_fast"] = profile_ops(cases["kit_fast"])
     # the target is judged on the paths that agree with the reference (fp32; on CUDA also the AMP path)
     judged = FP32_CASES + (("kit_amp_channels_last",) if device.type == "cuda" else ())
@@ -183,8 +197,11 @@ def main() -> None:
     # matmul rate on a GPU
     limit_case, limit_target = ("kit_amp_channels_last", 0.40) if device.type == "cuda" else ("kit_fast", 0.75)
     share = result[limit_case]["share_of_matmul_peak"]
+    rounds = result[limit_case]["share_per_round"]
+    # met only when every round meets it: on a noisy machine one lucky round is not a property of the code
     result.update({"share_case": limit_case, "share": share, "target_share": limit_target,
-                   "meets_share_target": share >= limit_target})
+                   "share_rounds_min": min(rounds), "share_rounds_max": max(rounds),
+                   "meets_share_target": share >= limit_target and min(rounds) >= limit_target})
     if "kit_cpu_bf16" in result:
         result["cpu_bf16_ratio_vs_reference"] = result["kit_cpu_bf16"]["ratio_vs_reference"]
     emit(result, a.out)
