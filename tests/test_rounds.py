@@ -184,6 +184,13 @@ def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path)
     assert ("| 0.9 | 2 | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.600 ± 0.000 | 0.200 ± 0.000 | 0.150 ± 0.071 | "
             "0.583 ± 0.118 |") in text
     assert "| 0.9 | pseudo_miou | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.200 ± 0.000 |" in text
+    # what amp "auto" became, read from env.json: fp32 under the suite (CONTA_KIT_CPU_BF16=0), bf16 on a CPU
+    # with bf16 units, and not guessed where env.json predates the record
+    assert f"`{run.path.name}` (fp32)" in text
+    write_json(run.layout.env, {"device": "cpu", "cpu_bf16": {"auto_uses_bf16": True}}, overwrite=True)
+    assert f"`{run.path.name}` (bf16)" in oracle_gap_markdown([run.path])
+    write_json(run.layout.env, {"device": "cpu"}, overwrite=True)
+    assert f"`{run.path.name}` (unrecorded)" in oracle_gap_markdown([run.path])
     no_oracle = {"conta": {"rounds": [rnd(0.3, 0.6)]}}
     write_json(run.path / "seed_1" / "metrics.json", no_oracle, overwrite=True)
     assert "| 0.9 | 1 |" in oracle_gap_markdown([run.path])

@@ -209,6 +209,23 @@ ORACLE_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_reliance
                   "confounding_leakage", "cam_peak_on_object")
 
 
+def training_precision(run: Run) -> str:
+    """What the run's ``amp`` setting became where it ran: "fp32", "bf16" or "fp16" (from params.json and the
+    device and CPU bf16 units recorded in env.json; "unrecorded" where env.json predates that record)."""
+    amp = run.params.get("resolved", {}).get("baseline", {}).get("amp", "auto")
+    env = read_json(run.layout.env) if run.layout.env.exists() else {}
+    if amp == "off":
+        return "fp32"
+    if str(env.get("device", "")).startswith("cuda"):
+        return "fp16" if amp == "fp16" else "bf16"
+    if amp == "bf16":
+        return "bf16"
+    if amp == "fp16":
+        return "fp32"  # fp16 autocast is CUDA-only; the CPU runs fp32
+    bf16 = env.get("cpu_bf16", {}).get("auto_uses_bf16")
+    return "unrecorded" if bf16 is None else ("bf16" if bf16 else "fp32")
+
+
 def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
     """Baseline against the oracle at each run's rho (one `conta-kit conta` run per rho, every seed's round 0
     and oracle): both, the gap (oracle - baseline, per seed), the resolution ceiling, and how much of the
@@ -239,13 +256,13 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
         per_rho.append([f"{rho:g}", str(len(pairs)), fmt(mean_std(b)), fmt(mean_std(o)), fmt(mean_std(ceil)),
                         fmt(mean_std([y - x for x, y in zip(b, o)])), fmt(mean_std([c - y for y, c in zip(o, ceil)])),
                         fmt(mean_std(closes))])
-    folders = ", ".join(f"`{Path(d).name}`" for d in run_dirs)
+    folders = ", ".join(f"`{Path(d).name}` ({training_precision(Run(d))})" for d in run_dirs)
     return ("Seed mIoU (threshold chosen on val) against the resolution ceiling:\n\n"
             + markdown_table(["rho", "seeds", "baseline", "oracle", "ceiling", "oracle - baseline",
                               "ceiling - oracle", "share of (ceiling - baseline) the oracle closes"], per_rho)
             + "\nEvery number, baseline and oracle (mean ± std over seeds; the difference per seed):\n\n"
             + markdown_table(["rho", "metric", "baseline", "oracle", "oracle - baseline"], rows)
-            + f"\nRun folders: {folders}\n")
+            + f"\nRun folders (training and CAM precision): {folders}\n")
 
 
 CONTROL_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_reliance", "confounding_leakage",
