@@ -29,9 +29,25 @@ def setup(threads: int, device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
+    """Where a benchmark ran: device, its name, the CPU model and its bf16 units, threads, torch version;
+    results from different machines are told apart by these (the tables print them)."""
+    from conta_kit.precision import cpu_bf16_units
+
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            else platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpu_bf16_units": cpu_bf16_units(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 

@@ -174,11 +174,22 @@ def summary(prefix: str) -> str:
         path = RESULTS / f"{prefix}_{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    rows = []
+    rows: list[str] = []
+    machines: list[str] = []  # the machines the kept results come from, in first-seen order
+
+    def mark(start: int, d: dict) -> None:
+        """Append the machine column to the rows added since ``start`` (from ``d``'s environment)."""
+        label = machine(d)
+        if label not in machines:
+            machines.append(label)
+        tag = chr(ord("A") + machines.index(label))
+        rows[start:] = [f"{r} {tag} |" for r in rows[start:]]
+
     for name in ("cam", "cam_repeat", "cam_small", "cam_resnet50"):
         d = load(name)
         if d is None:
             continue
+        start = len(rows)
         what = f"CAM inference, {d['backbone']}, {d['image_size']} px, scales {d['scales']} + flips"
         ref = d["reference"]["images_per_s"]
         for case in ("kit", "kit_fast", "kit_amp_channels_last", "kit_cpu_bf16"):
@@ -198,10 +209,12 @@ def summary(prefix: str) -> str:
                         f"matmul rate ({d['matmul_peak_gflop_per_s'][kind]} GFLOP/s) | "
                         f"{'met' if d['meets_share_target'] else 'not met'} ({d['share']:.0%}; convolution takes "
                         f"{d['profile_kit_fast'][0]['share']:.0%} of the time) |")
+        mark(start, d)
     for name in ("train", "train_resnet50"):
         d = load(name)
         if d is None:
             continue
+        start = len(rows)
         for model in ("classifier", "segmenter"):
             for case in ("channels_last", "amp_channels_last", "compile"):
                 e = d[model][case]
@@ -212,8 +225,10 @@ def summary(prefix: str) -> str:
         dp = d["data_pipeline"]
         rows.append(f"| data pipeline | generator items/s over classifier training images/s | "
                     f"{dp['generator_vs_classifier_train']}x ({dp['generator_items_per_s']} items/s) |")
+        mark(start, d)
     d = load("amp")
     if d is not None:
+        start = len(rows)
         ag, diffs = d["agreement"], d["diff_bf16_minus_fp32"]
         worst = max(abs(v["mean"]) for v in diffs.values())
         rows.append(f"| bf16 against fp32, round 0, preset `{d['preset']}`, {len(d['seeds'])} seeds (bf16 units "
@@ -229,28 +244,47 @@ def summary(prefix: str) -> str:
                         f"change | seeds / pseudo-masks equal on; largest mean mIoU difference | "
                         f"{fr['agreement']['seeds']['mean']:.4f} / {fr['agreement']['pseudo_masks']['mean']:.4f}; "
                         f"{worst_r:.4f} |")
+        mark(start, d)
     d = load("threads")
     if d is not None:
+        start = len(rows)
         rows.append(f"| both cores: round 0 of {len(d['seeds'])} seeds, preset `{d['preset']}` | parallel jobs "
                     f"(1 thread each) over intra-op threads | {d['jobs_over_threads']}x "
                     f"({d['parallel_jobs']['wall_s']} s vs "
                     f"{d['intra_op']['wall_s']} s; one job's speed-up from 1 to {d['cpu_count']} threads "
                     f"{d['intra_op_speedup']}x) |")
+        mark(start, d)
     d = load("round0")
     if d is not None:
+        start = len(rows)
         rows.append(f"| round 0, preset `{d['preset']}`, amp {d['precision']} | seconds by stage | "
                     + ", ".join(f"{k} {v}" for k, v in d["timing_s"].items()) + " |")
+        mark(start, d)
     d = load("masks")
     if d is not None:
+        start = len(rows)
         for case in ("confounder_set", "metrics"):
             for n, e in d[case].items():
                 if isinstance(e, dict) and n == max(k for k, v in d[case].items() if isinstance(v, dict)):
                     rows.append(f"| {case.replace('_', ' ')} over {n} masks of {d['mask_size']} px | time, peak "
                                 f"memory increase | {e['seconds']} s, {e['peak_rss_increase_mib']} MiB |")
+        mark(start, d)
     env = next((x for x in (load(n) for n in RUNS) if x), None)
-    head = (f"`benchmarks/results/{prefix}_*.json` ({env['device']}, {env['device_name']}, torch {env['torch']}, "
-            f"{env['threads']} thread(s)); full tables in docs/speed.md\n\n" if env else "")
-    return head + "| what | case | result |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    where = "; ".join(f"{chr(ord('A') + i)}: {m}" for i, m in enumerate(machines))
+    head = (f"`benchmarks/results/{prefix}_*.json` ({env['device']}, torch {env['torch']}); full tables in "
+            f"docs/speed.md. Machines: {where}.\n\n" if env else "")
+    return head + "| what | case | result | machine |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def machine(d: dict) -> str:
+    """Which machine a result file comes from, as its environment recorded it (older files lack the CPU model)."""
+    if d.get("device", "cpu").startswith("cuda"):
+        return f"{d['device_name']}"
+    model = d.get("cpu_model", f"{d.get('device_name')} CPU, model not recorded")
+    if "cpu_bf16_units" not in d:
+        return f"{d.get('cpu_count')}-core {model}, bf16 units not recorded"
+    units = [k.upper().replace("_", "-") for k, v in d["cpu_bf16_units"].items() if v]
+    return f"{d.get('cpu_count')}-core {model}, bf16 units: {', '.join(units) or 'none'}"
 
 
 def main() -> None:

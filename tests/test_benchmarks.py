@@ -102,6 +102,10 @@ def test_run_all_tables_are_made_from_the_json(results):
     assert f"{thr['jobs_over_threads']}x" in summary
     assert "Where kit_fast's time goes" in tables and "| seed | agreement seeds" in tables
     assert "| way | jobs | wall s |" in tables and "| stage | seconds |" in tables
+    # every row names the machine its file was measured on, and the legend names that machine's CPU
+    rows = [r for r in summary.splitlines() if r.startswith("| ") and not r.startswith("| what")]
+    assert rows and all(r.endswith(" A |") for r in rows)  # these files come from this machine, one run
+    assert f"A: {os.cpu_count()}-core " in summary and cam["cpu_model"] in summary
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine gpu.sh runs the real benchmarks")
