@@ -48,7 +48,10 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "cpu_bf16_units": cpu_bf16_units(), "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            # other work on the machine when the benchmark started (1-minute load average; ratios carry over
+            # under load better than times do)
+            "load_average_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:

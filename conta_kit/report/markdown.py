@@ -247,20 +247,20 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
             o = [metric_value(orc, name) for _, orc in pairs]
             if any(v is None for v in b + o):
                 continue
-            rows.append([f"{rho:g}", name, fmt(mean_std(b)), fmt(mean_std(o)),
-                         fmt(mean_std([y - x for x, y in zip(b, o)]))])
+            rows.append([f"{rho:g}", name, fmt(mean_std(b)), fmt(mean_std(o)), _difference(b, o)])
         ceil = [metric_value(r0, "ceiling_miou_best") for r0, _ in pairs]
         b = [metric_value(r0, "seed_miou_best") for r0, _ in pairs]
         o = [metric_value(orc, "seed_miou_best") for _, orc in pairs]
         closes = [gap_closed(y, x, c) for x, y, c in zip(b, o, ceil)]
         per_rho.append([f"{rho:g}", str(len(pairs)), fmt(mean_std(b)), fmt(mean_std(o)), fmt(mean_std(ceil)),
-                        fmt(mean_std([y - x for x, y in zip(b, o)])), fmt(mean_std([c - y for y, c in zip(o, ceil)])),
+                        _difference(b, o), fmt(mean_std([c - y for y, c in zip(o, ceil)])),
                         fmt(mean_std(closes))])
     folders = ", ".join(f"`{Path(d).name}` ({training_precision(Run(d))})" for d in run_dirs)
     return ("Seed mIoU (threshold chosen on val) against the resolution ceiling:\n\n"
             + markdown_table(["rho", "seeds", "baseline", "oracle", "ceiling", "oracle - baseline",
                               "ceiling - oracle", "share of (ceiling - baseline) the oracle closes"], per_rho)
-            + "\nEvery number, baseline and oracle (mean ± std over seeds; the difference per seed):\n\n"
+            + "\nEvery number, baseline and oracle (mean ± std over seeds; the difference per seed, with the 95 % "
+              "interval of its mean):\n\n"
             + markdown_table(["rho", "metric", "baseline", "oracle", "oracle - baseline"], rows)
             + f"\nRun folders (training and CAM precision): {folders}\n")
 
