@@ -185,6 +185,9 @@ def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path)
     assert ("| 0.9 | 2 | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.600 ± 0.000 | 0.200 ± 0.000 [+0.200, +0.200] | "
             "0.150 ± 0.071 | 0.583 ± 0.118 |") in text
     assert "| 0.9 | pseudo_miou | 0.250 ± 0.071 | 0.450 ± 0.071 | 0.200 ± 0.000 [+0.200, +0.200] |" in text
+    # the written reading: a difference whose interval excludes zero is "beyond the seed spread"
+    assert "- rho 0.9: the oracle differs from the baseline beyond the seed spread in seed_miou_best +0.200" in text
+    assert "which closes 0.583 ± 0.118 of the baseline's distance to it." in text
     # what amp "auto" became, read from env.json: fp32 under the suite (CONTA_KIT_CPU_BF16=0), bf16 on a CPU
     # with bf16 units, and not guessed where env.json predates the record
     assert f"`{run.path.name}` (fp32)" in text
@@ -194,7 +197,8 @@ def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path)
     assert f"`{run.path.name}` (unrecorded)" in oracle_gap_markdown([run.path])
     no_oracle = {"conta": {"rounds": [rnd(0.3, 0.6)]}}
     write_json(run.path / "seed_1" / "metrics.json", no_oracle, overwrite=True)
-    assert "| 0.9 | 1 |" in oracle_gap_markdown([run.path])
+    one_seed = oracle_gap_markdown([run.path])
+    assert "| 0.9 | 1 |" in one_seed and "What these numbers show" not in one_seed  # no spread, no verdict
 
 
 def test_controls_table_compares_the_true_ingredient_arm_with_each_seeds_baseline(tmp_path):
