@@ -107,6 +107,12 @@ def markdown(prefix: str) -> str:
                           f"{d['share']}{spread} ({'met' if d['meets_share_target'] else 'not met'}). Where kit_fast's "
                           "time goes (torch.profiler, self time):", "", "| operator | share | ms |", "|---|---|---|"]
                 lines += [f"| {r['op']} | {r['share']} | {r['ms']} |" for r in d["profile_kit_fast"]]
+                bs = d.get("bf16_share")
+                if bs:
+                    lines += ["", f"bf16 on this CPU: {bs['case']} at {bs['share']} of the bf16 matmul rate, rounds "
+                              f"{bs['rounds_min']}-{bs['rounds_max']}; target {bs['target']} in every round: "
+                              + (("met" if bs["met"] else "not met") if bs["judged"]
+                                 else "not judged (no bf16 units: emulated)") + "."]
         elif d["benchmark"] == "training_throughput":
             lines += [f"{d['images']} images of {d['image_size']} px, batch {d['batch']}, best of {d['repeats']}", "",
                       "| model | case | images/s | speedup vs fp32 | peak CUDA memory (MiB) |", "|---|---|---|---|---|"]
@@ -209,6 +215,12 @@ def summary(prefix: str) -> str:
                         f"matmul rate ({d['matmul_peak_gflop_per_s'][kind]} GFLOP/s) | "
                         f"{'met' if d['meets_share_target'] else 'not met'} ({d['share']:.0%}; convolution takes "
                         f"{d['profile_kit_fast'][0]['share']:.0%} of the time) |")
+        bs = d.get("bf16_share")
+        if bs and bs["judged"]:
+            rows.append(f"| {what} | target: {bs['case']} at >= {bs['target']:.0%} of the measured bf16 matmul rate "
+                        f"({d['matmul_peak_gflop_per_s']['bf16']} GFLOP/s), every round | "
+                        f"{'met' if bs['met'] else 'not met'} ({bs['share']:.0%}, rounds {bs['rounds_min']:.0%}-"
+                        f"{bs['rounds_max']:.0%}) |")
         mark(start, d)
     for name in ("train", "train_resnet50"):
         d = load(name)

@@ -55,6 +55,9 @@ def test_cam_benchmark_measures_the_share_of_the_matmul_rate(results):
         assert share == pytest.approx(d["images"] / t * d["flops_per_image"] / (r * 1e9), rel=0.02, abs=2e-3)
     assert d["share_rounds_min"] == min(rounds) and d["share_rounds_max"] == max(rounds)
     assert d["meets_share_target"] == (d["share"] >= 0.75 and min(rounds) >= 0.75)
+    # the CPU's bf16 path against the bf16 matmul rate, the same rule (judged only where bf16 units exist)
+    bs, bf = d["bf16_share"], d["kit_cpu_bf16"]["share_per_round"]
+    assert bs["rounds_min"] == min(bf) and bs["met"] == (bs["share"] >= 0.75 and min(bf) >= 0.75)
     ops = [r["op"] for r in d["profile_kit_fast"]]
     assert any("convolution" in op for op in ops) and sum(r["share"] for r in d["profile_kit_fast"]) <= 1.0
 
