@@ -189,6 +189,8 @@ def main() -> None:
     result["matmul_peak_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
     result["matmul_gflop_per_s_per_round"] = {k: [round(r / 1e9, 1) for r in v] for k, v in rates.items()}
     result["profile_kit_fast"] = profile_ops(cases["kit_fast"])
+    if "kit_cpu_bf16" in cases:  # where the bf16 path's time goes, beside the fp32 one
+        result["profile_kit_cpu_bf16"] = profile_ops(cases["kit_cpu_bf16"])
     # the target is judged on the paths that agree with the reference (fp32; on CUDA also the AMP path)
     judged = FP32_CASES + (("kit_amp_channels_last",) if device.type == "cuda" else ())
     best = max(result[k]["ratio_vs_reference"] for k in judged)

@@ -113,6 +113,10 @@ def markdown(prefix: str) -> str:
                               f"{bs['rounds_min']}-{bs['rounds_max']}; target {bs['target']} in every round: "
                               + (("met" if bs["met"] else "not met") if bs["judged"]
                                  else "not judged (no bf16 units: emulated)") + "."]
+                if "profile_kit_cpu_bf16" in d:
+                    lines += ["", "Where kit_cpu_bf16's time goes (torch.profiler, self time):", "",
+                              "| operator | share | ms |", "|---|---|---|"]
+                    lines += [f"| {r['op']} | {r['share']} | {r['ms']} |" for r in d["profile_kit_cpu_bf16"]]
         elif d["benchmark"] == "training_throughput":
             lines += [f"{d['images']} images of {d['image_size']} px, batch {d['batch']}, best of {d['repeats']}", "",
                       "| model | case | images/s | speedup vs fp32 | peak CUDA memory (MiB) |", "|---|---|---|---|---|"]

@@ -58,6 +58,7 @@ def test_cam_benchmark_measures_the_share_of_the_matmul_rate(results):
     # the CPU's bf16 path against the bf16 matmul rate, the same rule (judged only where bf16 units exist)
     bs, bf = d["bf16_share"], d["kit_cpu_bf16"]["share_per_round"]
     assert bs["rounds_min"] == min(bf) and bs["met"] == (bs["share"] >= 0.75 and min(bf) >= 0.75)
+    assert any("convolution" in r["op"] for r in d["profile_kit_cpu_bf16"])
     ops = [r["op"] for r in d["profile_kit_fast"]]
     assert any("convolution" in op for op in ops) and sum(r["share"] for r in d["profile_kit_fast"]) <= 1.0
 
@@ -104,6 +105,7 @@ def test_run_all_tables_are_made_from_the_json(results):
     thr = json.loads((results / "cpu_threads.json").read_text())
     assert f"{thr['jobs_over_threads']}x" in summary
     assert "Where kit_fast's time goes" in tables and "| seed | agreement seeds" in tables
+    assert "Where kit_cpu_bf16's time goes" in tables
     assert "| way | jobs | wall s |" in tables and "| stage | seconds |" in tables
     # every row names the machine its file was measured on, and the legend names that machine's CPU
     rows = [r for r in summary.splitlines() if r.startswith("| ") and not r.startswith("| what")]
