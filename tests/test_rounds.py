@@ -170,7 +170,7 @@ def test_ablation_table_names_rows_by_overrides(tmp_path):
 
 def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path):
     from conta_kit.io import write_json
-    from conta_kit.report.markdown import oracle_gap_markdown
+    from conta_kit.report.oracle_gap import oracle_gap_markdown
 
     def rnd(seed_best, ceiling):
         return {"seed": {"miou_best": seed_best, "ceiling": {"miou_best": ceiling}}, "pseudo": {"miou": seed_best}}

@@ -13,11 +13,11 @@ from .markdown import (
     ablation_markdown,
     conta_markdown,
     controls_markdown,
-    oracle_gap_markdown,
     sweep_ablation_markdown,
     sweep_markdown,
     update_block,
 )
+from .oracle_gap import oracle_gap_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
