@@ -34,6 +34,7 @@ from ..summary import (
     summary_table,
 )
 from .oracle_gap import difference as _difference
+from .oracle_gap import training_precision
 
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
@@ -58,8 +59,8 @@ def _provenance(run: Run) -> str:
     where = env.get("gpu") or f"{', '.join(sorted(d for d in devices if d))} ({env.get('platform')})"
     return (f"Run folder `{run.path.name}`: preset `{params.get('preset')}`"
             + (f", overrides `{over}`" if over else "") + f", seeds {seeds}, commit `{env.get('git_commit')}`, "
-            f"device {where}; rounds took {total / 60:.0f} min of wall time summed over seeds (seeds may run in "
-            f"parallel).")
+            f"device {where}, training and CAMs in {training_precision(run)}; rounds took {total / 60:.0f} min "
+            "of wall time summed over seeds (seeds may run in parallel).")
 
 
 def prototype_markdown(run_dir: str | Path) -> str:
