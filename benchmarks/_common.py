@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from conta_kit.io import to_jsonable, write_json
+from conta_kit.precision import cpu_bf16_units
 
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
 
@@ -43,8 +44,6 @@ def cpu_model() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     """Where a benchmark ran: device, its name, the CPU model and its bf16 units, threads, torch version;
     results from different machines are told apart by these (the tables print them)."""
-    from conta_kit.precision import cpu_bf16_units
-
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "cpu_bf16_units": cpu_bf16_units(), "cpu_count": os.cpu_count(),

@@ -46,8 +46,10 @@ def check_amp(amp: str) -> None:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
 
 
-def resolve(device: torch.device | str, amp: str) -> str:
-    """The precision ``amp`` gives on ``device``: "fp32", "bf16" or "fp16" (rules in the module docstring)."""
+def resolve(device: torch.device | str, amp: str, cpu_bf16: bool | None = None) -> str:
+    """The precision ``amp`` gives on ``device``: "fp32", "bf16" or "fp16" (rules in the module docstring).
+    ``cpu_bf16``: whether the CPU has bf16 units, where it is known from elsewhere (a run's env.json);
+    default: this machine's (:func:`cpu_bf16_fast`)."""
     check_amp(amp)
     kind = torch.device(device).type
     if amp == "off":
@@ -55,7 +57,7 @@ def resolve(device: torch.device | str, amp: str) -> str:
     if kind == "cuda":
         return "fp16" if amp == "fp16" else "bf16"
     if kind == "cpu":
-        if amp == "bf16" or (amp == "auto" and cpu_bf16_fast()):
+        if amp == "bf16" or (amp == "auto" and (cpu_bf16_fast() if cpu_bf16 is None else cpu_bf16)):
             return "bf16"
     return "fp32"
 
