@@ -33,11 +33,21 @@ class DataCfg:
             stream, of which the first ``num_train`` are the train split that gets CAMs, pseudo-masks and the
             segmenter (the generator is free; many epochs over few images are not).
         rider_rate: probability that a horse carries a rider.
-        layout: "prior" (each class its own size, aspect and vertical band; each context patch where that
-            context lies in photos, so at rho = chance its shape says nothing about the class),
+        layout: "prior_strip" (the default: each class its own size, aspect and vertical band; each context where
+            it lies in photos, filling the object's strip, grounds below a horizon drawn whatever the class, so
+            at rho = chance neither its texture nor its extent says anything about the class), "prior" (the
+            same objects, each context a patch whose extent follows the object's box: at chance a ground band
+            starting at a flyer's height still tells the class; the default before),
             "prior_class_surround" (the same, the patch shaped by the object's class whatever context is drawn:
             a class cue the intervention does not remove; the default before) or "uniform" (the first layout:
             one size range for all; the negative control for CONTA).
+        object_texture: "pattern" (the default: a class-specific surface pattern inside each silhouette, a
+            local cue as fur, paint and windows are in photos; see ``SceneOptions``) or "plain" (objects one
+            shaded colour: the silhouette is the only class cue; the default before).
+        object_scale: the class-prior layouts' object heights times this factor (default 1.4; 1.0: the table's
+            sizes, the default before: objects then cover about 4 % of the image each, VOC's far more).
+        The defaults were chosen on val by ``benchmarks/recipe_health.py`` (a ladder of recipes, baseline and
+        oracle): see docs/benchmark_health.md.
     """
 
     image_size: int = 96
@@ -48,11 +58,18 @@ class DataCfg:
     num_ood: int = 500
     classifier_images: int | None = None
     rider_rate: float = 0.3
-    layout: str = "prior"
+    layout: str = "prior_strip"
+    object_texture: str = "pattern"
+    object_scale: float = 1.4
 
     def __post_init__(self) -> None:
-        if self.layout not in ("prior", "prior_class_surround", "uniform"):
-            raise ValueError(f"layout must be 'prior', 'prior_class_surround' or 'uniform', got {self.layout!r}")
+        if not 0.25 <= self.object_scale <= 3.0:
+            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
+        layouts = ("prior", "prior_strip", "prior_class_surround", "uniform")
+        if self.layout not in layouts:
+            raise ValueError(f"layout must be one of {layouts}, got {self.layout!r}")
+        if self.object_texture not in ("plain", "pattern"):
+            raise ValueError(f"object_texture must be 'plain' or 'pattern', got {self.object_texture!r}")
         if not 0.0 <= self.cooccurrence <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {self.cooccurrence}")
         for f in ("num_train", "num_val", "image_size"):
@@ -79,6 +96,10 @@ class BaselineCfg:
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
             (IRNet: long side 320-640, crop 512); x_m gets exactly the same geometry. Off on the benchmark.
+        aug_shift: random translation of each training image by up to this many pixels each way (0 = off; the
+            border filled with mid-grey, labels kept): the object's absolute position stops being a cue that a
+            classifier can read from the image border, which otherwise pulls CAMs off objects near the edges.
+            The benchmark's presets use about 0.2 of the image side (20 px at 96); VOC's keeps IRNet's recipe.
         cam_scales, cam_flip: CAM inference (IRNet: scales 1.0, 0.5, 1.5, 2.0 with flips; the CPU default
             drops 2.0, which alone costs more than the other three together).
         bg_threshold: fixed background threshold for seed mIoU (IRNet's cam_eval_thres 0.15).
@@ -102,6 +123,7 @@ class BaselineCfg:
     cls_optimizer: str = "sgd"
     aug_scale: tuple[float, float] = (1.0, 1.0)
     aug_crop: int | None = None
+    aug_shift: int = 0
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # CPU preset; IRNet adds 2.0 (4x the pixels of 1.0)
     cam_flip: bool = True
     bg_threshold: float = 0.15
@@ -129,6 +151,8 @@ class BaselineCfg:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.aug_shift < 0:
+            raise ValueError(f"aug_shift must be >= 0, got {self.aug_shift}")
         if not self.cam_scales or any(not v > 0 for v in self.cam_scales):
             raise ValueError(f"cam_scales must be one or more values > 0, got {self.cam_scales}")
         if not self.threshold_grid or any(not 0 < v < 1 for v in self.threshold_grid):
@@ -325,13 +349,14 @@ class RunCfg:
             return cls(preset="smoke", data=DataCfg(image_size=64, num_train=96, num_val=48, num_shifted=48,
                                                     num_ood=48),
                        baseline=BaselineCfg(cls_epochs=3, cls_lr=0.1, seg_epochs=2, seg_lr=0.1, cam_scales=(1.0, 0.5),
-                                            cls_batch_size=16, seg_batch_size=16,
+                                            cls_batch_size=16, seg_batch_size=16, aug_shift=13,
                                             threshold_grid=(0.15, 0.35, 0.55, 0.75, 0.95)),
                        conta=ContaCfg(rounds=1), wood=WOoDConfig(ft_epochs=1, num_pool=48, k=8))
         if preset == "bench":  # the confounding sweep on the CPU: every (rho, method, seed) in about a minute
             return cls(preset="bench", data=DataCfg(image_size=64, num_train=600, num_val=200, num_shifted=200,
                                                     num_ood=200),
-                       baseline=BaselineCfg(cls_epochs=6, cls_lr=0.1, seg_epochs=4, seg_lr=0.1, cam_scales=(1.0, 0.5)),
+                       baseline=BaselineCfg(cls_epochs=6, cls_lr=0.1, seg_epochs=4, seg_lr=0.1, cam_scales=(1.0, 0.5),
+                                            aug_shift=13),
                        wood=WOoDConfig(ft_epochs=2, num_pool=300))
         if preset == "gpu":  # the embedded benchmark, larger, with ResNet-50 / DeepLabV3 (untested without a GPU)
             return cls(preset="gpu", data=DataCfg(image_size=160, num_train=10000, num_val=1000, num_shifted=1000,
@@ -339,7 +364,7 @@ class RunCfg:
                        baseline=BaselineCfg(backbone="resnet50", segmenter="deeplabv3_resnet50", cls_epochs=8,
                                             cls_batch_size=64, cls_lr=0.05, seg_epochs=10, seg_batch_size=32,
                                             seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0), eval_batch_size=64,
-                                            num_workers=8),
+                                            num_workers=8, aug_shift=33),
                        wood=WOoDConfig(ft_epochs=5, num_pool=2000))
         if preset == "voc":  # PASCAL VOC 2012 from data_root at IRNet's settings (needs -p data_root ...)
             return cls(preset="voc", data=DataCfg(image_size=320),
@@ -348,7 +373,7 @@ class RunCfg:
                                             seg_batch_size=16, seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0),
                                             eval_batch_size=16, num_workers=8),
                        wood=WOoDConfig(ft_epochs=5))
-        return cls()
+        return cls(baseline=BaselineCfg(aug_shift=20))
 
     @classmethod
     def from_params(cls, preset: str = "default", **params: Any) -> RunCfg:

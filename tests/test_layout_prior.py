@@ -156,3 +156,73 @@ def test_patch_shape_information_is_gone_at_chance_only_where_the_shape_follows_
     fixed = bits("prior_class_surround", 0.1)
     assert fixed == pytest.approx(bits("prior_class_surround", 0.9)) and fixed > 1.0
     assert bits("uniform", 0.9) == 0.0
+
+
+def test_strip_layout_keeps_the_objects_and_frees_the_context_from_the_object():
+    from conta_kit.data._layout import CONTEXT_KINDS
+
+    s = 64
+    prior = ConfoundedScenes("train", num_images=60, image_size=s, cooccurrence=0.1, seed=2)
+    strip = ConfoundedScenes("train", num_images=60, image_size=s, cooccurrence=0.1, seed=2, layout="prior_strip")
+    for i in range(len(prior)):
+        a, b = prior.render(i)[3], strip.render(i)[3]
+        assert [o["bbox"] for o in a] == [o["bbox"] for o in b]  # the same objects at the same places
+        assert [o["context"] for o in a] == [o["context"] for o in b]  # and the same contexts
+        for o in b:
+            if o["rider"] or o["context"] < 0:
+                continue
+            cy0, cy1, _, _ = o["surround"]
+            assert cy1 == s
+            if CONTEXT_KINDS[strip.context_names[o["context"]]] == "below":
+                assert int(0.45 * s) <= cy0 <= int(0.75 * s)  # a horizon whatever the class
+            else:
+                assert cy0 == 0  # sky, trees, fog, walls fill the strip
+
+
+def test_patch_extent_tells_the_class_at_chance_only_where_it_follows_the_object():
+    from conta_kit.data.stats import patch_shape_information
+
+    def bits(layout):
+        ds = ConfoundedScenes("train", num_images=600, image_size=32, cooccurrence=0.1, layout=layout)
+        return patch_shape_information(ds)["extent_information_bits"]
+
+    assert bits("prior") > 0.8  # a ground band starting at a flyer's height: the class, at chance
+    assert bits("prior_strip") < 0.05
+
+
+def test_object_pattern_changes_pixels_only():
+    kw = dict(num_images=12, image_size=64, seed=1, layout="prior_strip")
+    plain, pattern = ConfoundedScenes("train", **kw), ConfoundedScenes("train", object_texture="pattern", **kw)
+    changed = 0
+    for i in range(len(plain)):
+        a, b = plain[i], pattern[i]
+        for key in ("mask", "labels", "context_mask", "surround"):
+            assert torch.equal(a[key], b[key]), key
+        obj = a["mask"] > 0
+        assert torch.equal(a["image"][:, ~obj], b["image"][:, ~obj])  # the background is untouched
+        changed += int((a["image"][:, obj] != b["image"][:, obj]).any())
+    assert changed == len(plain)
+    with pytest.raises(ValueError, match="object_texture"):
+        ConfoundedScenes("train", object_texture="fur")
+
+
+def test_object_scale_grows_the_objects():
+    kw = dict(num_images=40, image_size=96, seed=0, cooccurrence=0.5)
+    one, big = ConfoundedScenes("train", **kw), ConfoundedScenes("train", object_scale=1.4, **kw)
+    ratios = []
+    for i in range(len(one)):
+        oa, ob = one.render(i)[3][0], big.render(i)[3][0]  # the first object: drawn before any placement differs
+        assert (oa["class"], oa["context"]) == (ob["class"], ob["context"])
+        ratios.append((ob["bbox"][2] - ob["bbox"][0]) / (oa["bbox"][2] - oa["bbox"][0]))
+    assert 1.2 < float(np.median(ratios)) < 1.5
+    with pytest.raises(ValueError, match="object_scale"):
+        ConfoundedScenes("train", object_scale=0.0)
+
+
+def test_appearance_options_leave_the_earlier_images_as_they_were():
+    # the stream's seed leaves out options that change no draw: "prior" with defaults draws what it drew before
+    from conta_kit.data.scenes import SceneOptions, _draw_options
+
+    assert _draw_options(SceneOptions()) == ("SceneOptions(num_classes=8, num_distractors=2, objects_per_image=(1, 3), "
+                                            "object_size=(0.3, 0.55), context_margin=(0.3, 0.7), rider_rate=0.3, "
+                                            "noise=0.04, boundary_ignore=0)")

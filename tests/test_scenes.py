@@ -166,3 +166,29 @@ def test_speed_script_prints_its_figure():
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert result["items_per_s"] > 0 and result["image_size"] == 48 and result["threads"] == 1
+
+
+def test_shift_augmentation_moves_image_and_maps_together():
+    from conta_kit.data import collate
+    from conta_kit.data.transforms import joint_augment
+
+    ds = ConfoundedScenes("train", num_images=4, image_size=32)
+    batch = collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    out = joint_augment(batch, flip=False, shift=6)
+    assert out["image"].shape == batch["image"].shape and torch.equal(out["labels"], batch["labels"])
+    for i in range(4):
+        found = False
+        for dy in range(-6, 7):
+            for dx in range(-6, 7):
+                src = batch["mask"][i, max(0, -dy):32 - max(0, dy), max(0, -dx):32 - max(0, dx)]
+                dst = out["mask"][i, max(0, dy):32 - max(0, -dy), max(0, dx):32 - max(0, -dx)]
+                img = torch.equal(batch["image"][i, :, max(0, -dy):32 - max(0, dy), max(0, -dx):32 - max(0, dx)],
+                                  out["image"][i, :, max(0, dy):32 - max(0, -dy), max(0, dx):32 - max(0, -dx)])
+                if torch.equal(src, dst) and img:
+                    uncovered = out["mask"][i] == 255
+                    assert (out["image"][i][:, uncovered] == 0.5).all()
+                    found = True
+        assert found, i
+    with pytest.raises(ValueError, match="shift"):
+        joint_augment(batch, shift=-1)

@@ -95,3 +95,18 @@ def context_box_fixed_draws(rng: np.random.Generator, s: int, kind: str, y0: int
     else:
         raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
     return max(box[0], 0), min(box[1], s), max(box[2], x0s, 0), min(box[3], x1s, s)
+
+
+def strip_context_box(rng: np.random.Generator, s: int, kind: str, y0: int, x0: int, h: int, w: int, x0s: int,
+                      x1s: int) -> tuple[int, int, int, int]:
+    """``layout="prior_strip"``: where a context lies depends on its kind and the object's strip only, never on
+    the object: sky, trees, fog and walls fill the strip, a ground fills it from a horizon drawn between 0.45 S
+    and 0.75 S, whatever the class, to the bottom edge. (In "prior" a patch's extent follows the object's box,
+    so at rho = chance a ground band whose top sits at a flyer's height still tells the class: classifiers
+    trained there put the aeroplane CAM on the band under the plane.) Draws two numbers, as
+    :func:`context_box_fixed_draws`, so the objects are those of "prior"; (y0, y1, x0, x1)."""
+    u, _ = rng.random(2)
+    if kind not in ("around", "below", "behind"):
+        raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
+    top = int((0.45 + 0.3 * u) * s) if kind == "below" else 0
+    return top, s, max(x0s, 0), min(x1s, s)

@@ -88,6 +88,28 @@ def object_templates() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=8)
+def object_patterns(image_size: int) -> tuple[np.ndarray, ...]:
+    """One float32 (2S, 2S) surface pattern in {-1, 1} per class, in image pixels (``object_texture="pattern"``):
+    a local, class-specific cue inside the silhouette, like fur, paint or windows in photos, whose period does
+    not change with the object's size. Aeroplane: horizontal stripes; bird: fine checks; boat: vertical stripes;
+    car: diagonal stripes; cow: blotches; horse: the other diagonal; person: coarse checks; train: wide
+    vertical stripes."""
+    s2 = 2 * image_size
+    yy, xx = np.meshgrid(np.arange(s2, dtype=np.float32), np.arange(s2, dtype=np.float32), indexing="ij")
+    rng = np.random.default_rng(_WORLD_SEED)
+    cells = rng.random((s2 // 6 + 2, s2 // 6 + 2)).repeat(6, 0).repeat(6, 1)[:s2, :s2]
+
+    def square(z: np.ndarray) -> np.ndarray:
+        return np.where(np.sin(z) >= 0, 1.0, -1.0).astype(np.float32)
+
+    two_pi = 2 * np.pi
+    pats = (square(two_pi * yy / 4), square(two_pi * xx / 3) * square(two_pi * yy / 3), square(two_pi * xx / 4),
+            square(two_pi * (xx + yy) / 6), np.where(cells > 0.5, 1.0, -1.0), square(two_pi * (xx - yy) / 6),
+            square(np.pi * (np.floor(xx / 3) + np.floor(yy / 3)) + 0.5), square(two_pi * xx / 8))
+    return tuple(np.ascontiguousarray(p, dtype=np.float32) for p in pats)
+
+
 def _smooth_noise(gen: torch.Generator, shape: tuple[int, int], cells: int, channels: int = 1) -> np.ndarray:
     """Low-frequency noise in [-1, 1] (channels, H, W) by bicubic upsampling of a coarse random grid."""
     coarse = torch.rand((1, channels, cells, cells), generator=gen) * 2 - 1

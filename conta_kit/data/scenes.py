@@ -6,18 +6,21 @@ object. Each object stands on a patch of *context* stuff (water, rail, grass, ..
 other contexts. A horse may carry a rider (a person that overlaps it) at ``rider_rate``. Everything outside
 the context patches is a neutral backdrop.
 
-Three layouts. ``layout="prior"`` (default): each class has its own size, aspect and vertical band, as in
+Four layouts. ``layout="prior"`` (default): each class has its own size, aspect and vertical band, as in
 photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and wide), and a context
 patch lies where that context lies in photos (``CONTEXT_KINDS``): sky, trees and fog around the object,
 every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. A paired context
-therefore sits where it does in photos (around flyers, under boats, cars, trains and animals, behind people),
-and the patch's geometry is drawn with the context: at rho = chance neither its texture nor its shape says
-anything about the class. ``layout="prior_class_surround"``: the same objects, but the patch geometry is the
-*class's* whichever context is drawn (the default of commits before this one): its shape is a class cue that
-the rho dial, and so the oracle's intervention, never removes; classifiers learn it (the aeroplane CAM sits
-on the lower edge of the patch around the plane). ``layout="uniform"``: one size range for every class, the
-context a rectangle around the object; the class-wise average masks (CONTA's prototypes) are alike: the
-negative control where the adjustment has nothing to attend to (the first layout, exactly).
+therefore sits where it does in photos (around flyers, under boats, cars, trains and animals, behind people).
+The patch's kind is drawn with the context, but its extent follows the object's box: at rho = chance its
+texture says nothing about the class, its geometry still does (a ground band whose top sits at a flyer's
+height). ``layout="prior_strip"``: the objects of "prior", the context's extent independent of the object:
+sky, trees, fog and walls fill the object's strip, grounds fill it below a horizon drawn whatever the class.
+``layout="prior_class_surround"``: the objects of "prior", the patch geometry the *class's* whichever
+context is drawn (the default of earlier commits): a class cue that the rho dial, and so the oracle's
+intervention, never removes (the aeroplane CAM sits on the lower edge of the patch around the plane).
+``layout="uniform"``: one size range for every class, the context a rectangle around the object; the
+class-wise average masks (CONTA's prototypes) are alike: the negative control where the adjustment has
+nothing to attend to (the first layout, exactly).
 
 Sample ``i`` is a pure function of ``(config, seed, split, i)``: it is drawn from its own
 ``numpy.random.Generator`` seeded with that tuple, so image 10,000 needs nothing of images 0..9,999,
@@ -27,22 +30,28 @@ and ``num_images`` does not change any sample.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._layout import CLASS_PRIORS, CONTEXT_KINDS, context_box, context_box_fixed_draws, place_prior, place_uniform
-from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_templates
+from ._layout import (CLASS_PRIORS, CONTEXT_KINDS, context_box, context_box_fixed_draws, place_prior, place_uniform,
+                      strip_context_box)
+from ._textures import (CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_patterns,
+                        object_templates)
 
 SPLITS = ("train", "val", "shifted", "ood")
 #: Recorded in every run's env.json. 2: ``layout="prior"`` shapes a context patch by the context drawn (before, by
 #: the object's class: that layout is now ``"prior_class_surround"``); a run without it cannot be resumed on "prior".
 SCENES_VERSION = 2
 OOD_KINDS = ("hard", "random")
-LAYOUTS = ("prior", "prior_class_surround", "uniform")
+LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
+OBJECT_TEXTURES = ("plain", "pattern")
+# options left out of a sample's stream seed: appearance (the same draws) and the objects' scale (the same seed;
+# see ``object_scale``), so that adding them changed no earlier image
+_SAME_DRAWS = ("object_texture", "pattern_strength", "object_scale")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
 DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
 
@@ -62,6 +71,15 @@ class SceneOptions:
         rider_rate: probability that a horse carries an overlapping person (needs both classes).
         noise: standard deviation of the additive pixel noise.
         boundary_ignore: width in pixels of a VOC-style 255 band around every object (0 = none).
+        object_texture: "plain" (each object one colour, shaded: only its silhouette says its class) or
+            "pattern" (a class-specific surface pattern, :func:`object_patterns`, at ``pattern_strength``
+            of the shading: a local cue inside the object). Appearance only: the same draws, layouts and
+            masks either way.
+        pattern_strength: contrast of the pattern (0.3: the shading varies by +-30 %).
+        object_scale: the class-prior layouts' object heights (``CLASS_PRIORS``) times this factor, capped at
+            0.9 / 0.95 of the image side (1.0: the table's sizes; the uniform layout uses ``object_size``).
+            The image's first object keeps its class, context and band; a larger object that no longer fits
+            its strip skips a draw, so later objects of that image can differ.
     """
 
     num_classes: int = 8
@@ -72,8 +90,17 @@ class SceneOptions:
     rider_rate: float = 0.3
     noise: float = 0.04
     boundary_ignore: int = 0
+    object_texture: str = "plain"
+    pattern_strength: float = 0.3
+    object_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.25 <= self.object_scale <= 3.0:
+            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
+        if self.object_texture not in OBJECT_TEXTURES:
+            raise ValueError(f"object_texture must be one of {OBJECT_TEXTURES}, got {self.object_texture!r}")
+        if not 0.0 <= self.pattern_strength <= 1.0:
+            raise ValueError(f"pattern_strength must be in [0, 1], got {self.pattern_strength}")
         if not 1 <= self.num_classes <= len(CLASSES):
             raise ValueError(f"num_classes must be in 1..{len(CLASSES)}, got {self.num_classes}")
         if not 0 <= self.num_distractors <= len(DISTRACTOR_CONTEXTS):
@@ -164,20 +191,25 @@ class ConfoundedScenes(Dataset):
         code = _SPLIT_CODE[(split, ood_kind)] if split == "ood" else _SPLIT_CODE[split]
         # rho is not part of the stream: the same seed gives the same layouts at every rho (only the
         # context draws differ), so sweeps over the confounding dial compare like with like.
-        self._stream = (self.seed, code, image_size, zlib.crc32(repr(self.options).encode()))
+        self._stream = (self.seed, code, image_size, zlib.crc32(_draw_options(self.options).encode()))
         self.stream, self.layout = stream, layout
         if stream:  # appended only when set, so stream 0 keeps the images the benchmark always had
             self._stream = (*self._stream, stream)
         if layout != "uniform":  # likewise: the uniform layout draws exactly the samples it always drew
             # (and "prior_class_surround" those that the class-prior layout drew when it was called "prior")
-            self._stream = (*self._stream, zlib.crc32(("prior" if layout == "prior_class_surround" else layout)
+            # "prior_strip" too: the same objects as "prior", only the context geometry differs
+            self._stream = (*self._stream, zlib.crc32(("prior" if layout.startswith("prior") else layout)
                                                       .encode()))
         tex = context_textures(image_size)
         self._ctx_tex = [tex[n] for n in self.context_names]
         self._backdrop, self._noise = tex["backdrop"], tex["noise"]
         self._templates = object_templates()[: self.num_classes]
+        self._patterns = object_patterns(image_size)[: self.num_classes] \
+            if self.options.object_texture == "pattern" else None
         self._aspect = [c[2] for c in table]
-        self._prior = [CLASS_PRIORS[c[0]] for c in table]
+        k = self.options.object_scale
+        self._prior = [((min(lo * k, 0.9), min(hi * k, 0.95)), band, kind)
+                       for (lo, hi), band, kind in (CLASS_PRIORS[c[0]] for c in table)]
         self._context_kind = [CONTEXT_KINDS[n] for n in self.context_names]
         self._colours = [np.asarray(c[3], np.float32) for c in table]
         self._horse = self.class_names.index("horse") if "horse" in self.class_names else -1
@@ -266,7 +298,8 @@ class ConfoundedScenes(Dataset):
             else:  # the patch lies where the drawn context lies (its kind); two draws whatever the kind
                 y0, x0, h, w = place_prior(rng, s, self._prior[c], self._aspect[c], x0s, x1s)
                 kind = self._context_kind[context] if context >= 0 else self._prior[c][2]
-                box = context_box_fixed_draws(rng, s, kind, y0, x0, h, w, x0s, x1s)
+                place = strip_context_box if self.layout == "prior_strip" else context_box_fixed_draws
+                box = place(rng, s, kind, y0, x0, h, w, x0s, x1s)
             if context >= 0:
                 cy0, cy1, cx0, cx1 = box
                 ty, tx = rng.integers(0, s, size=2)
@@ -275,7 +308,7 @@ class ConfoundedScenes(Dataset):
             flip = bool(rng.random() < 0.5)
             # a surround is compared with the paired one (confounding leakage) only when it has the paired
             # context's geometry: always in the uniform and class-surround layouts, same kind in "prior"
-            same_geometry = self.layout != "prior" or context < 0 or \
+            same_geometry = self.layout not in ("prior", "prior_strip") or context < 0 or \
                 self._context_kind[context] == self._prior[c][2]
             objects.append({"class": c, "context": context, "bbox": (y0, x0, y0 + h, x0 + w), "surround": box,
                             "rider": False, "paired": context == self.paired_context[c],
@@ -315,11 +348,20 @@ class ConfoundedScenes(Dataset):
             ix = TEMPLATE_SIZE - 1 - ix
         shade = self._templates[c][iy[:, None], ix[None, :]]
         inside = shade > 0
+        if self._patterns is not None:
+            shade = shade * (1.0 + self.options.pattern_strength * self._patterns[c][ys:ye, xs:xe])
         family = self._colours[c]
         colour = family[rng.integers(0, len(family))] + rng.uniform(-0.07, 0.07, size=3).astype(np.float32)
         np.copyto(image[:, ys:ye, xs:xe], colour[:, None, None] * shade[None], where=inside[None])
         mask[ys:ye, xs:xe][inside] = c + 1
         ctx[ys:ye, xs:xe][inside] = -1
+
+
+def _draw_options(options: SceneOptions) -> str:
+    """The options that seed a sample's random draws, as the dataclass repr of the first release printed them
+    (options that change no draw left out), so adding such an option changes no existing image."""
+    kept = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options) if f.name not in _SAME_DRAWS)
+    return f"{type(options).__qualname__}({kept})"
 
 
 def _ignore_band(mask: np.ndarray, width: int) -> None:

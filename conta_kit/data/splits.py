@@ -3,6 +3,8 @@ and W-OoD's pool."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch.utils.data import Dataset
 
 from ..config import DataCfg, RunCfg
@@ -17,19 +19,23 @@ def load_splits(cfg: RunCfg) -> dict[str, Dataset]:
         splits: dict[str, Dataset] = dict(scene_splits(cfg.data, seed=cfg.seed))
         d = cfg.data
         if d.classifier_images is not None and d.classifier_images > d.num_train:  # a superset of train
-            splits["classifier_train"] = ConfoundedScenes("train", num_images=d.classifier_images,
-                                                          image_size=d.image_size, cooccurrence=d.cooccurrence,
-                                                          seed=cfg.seed, rider_rate=d.rider_rate, layout=d.layout)
+            splits["classifier_train"] = ConfoundedScenes("train", num_images=d.classifier_images, seed=cfg.seed,
+                                                          **scene_kwargs(d))
         w = cfg.wood
         if w.finetune == "wood":  # W-OoD's training pool: background-only images, disjoint from split "ood"
-            splits["wood_pool"] = ConfoundedScenes("ood", num_images=w.num_pool, image_size=cfg.data.image_size,
-                                                   cooccurrence=cfg.data.cooccurrence, seed=cfg.seed,
+            splits["wood_pool"] = ConfoundedScenes("ood", num_images=w.num_pool, seed=cfg.seed,
                                                    ood_kind="hard" if w.pool == "hard" else "random", stream=1,
-                                                   rider_rate=cfg.data.rider_rate, layout=cfg.data.layout)
+                                                   **scene_kwargs(d))
         return splits
     cls = VOCSegmentation if cfg.data_source == "voc" else COCOSegmentation
     t = Resize(cfg.data.image_size)
     return {"train": cls(cfg.data_root, "train", transform=t), "val": cls(cfg.data_root, "val", transform=t)}
+
+
+def scene_kwargs(d: DataCfg) -> dict[str, Any]:
+    """The generator's arguments a :class:`~conta_kit.config.DataCfg` sets (all but split, size and seed)."""
+    return dict(image_size=d.image_size, cooccurrence=d.cooccurrence, rider_rate=d.rider_rate, layout=d.layout,
+                object_texture=d.object_texture, object_scale=d.object_scale)
 
 
 def oracle_train(cfg: RunCfg) -> ConfoundedScenes:
@@ -37,9 +43,8 @@ def oracle_train(cfg: RunCfg) -> ConfoundedScenes:
     (rho = 1 / number of contexts), i.e. the generator's intervention do(X)."""
     d = cfg.data
     train = ConfoundedScenes("train", num_images=0, layout=d.layout)
-    return ConfoundedScenes("train", num_images=d.classifier_images or d.num_train, image_size=d.image_size,
-                            cooccurrence=1.0 / train.num_contexts, seed=cfg.seed, rider_rate=d.rider_rate,
-                            layout=d.layout)
+    return ConfoundedScenes("train", num_images=d.classifier_images or d.num_train, seed=cfg.seed,
+                            **{**scene_kwargs(d), "cooccurrence": 1.0 / train.num_contexts})
 
 
 def scene_splits(data_cfg: DataCfg, seed: int = 0, splits: tuple[str, ...] = SPLITS) -> dict[str, ConfoundedScenes]:
@@ -48,8 +53,7 @@ def scene_splits(data_cfg: DataCfg, seed: int = 0, splits: tuple[str, ...] = SPL
     out: dict[str, ConfoundedScenes] = {}
     for split in splits:
         n = getattr(data_cfg, f"num_{split}")
-        kw = dict(num_images=n, image_size=data_cfg.image_size, cooccurrence=data_cfg.cooccurrence, seed=seed,
-                  rider_rate=data_cfg.rider_rate, layout=data_cfg.layout)
+        kw = dict(num_images=n, seed=seed, **scene_kwargs(data_cfg))
         out[split] = ConfoundedScenes(split, **kw)
         if split == "ood":
             out["ood_random"] = ConfoundedScenes(split, ood_kind="random", **kw)

@@ -113,29 +113,42 @@ def label_statistics(dataset: Any, max_images: int | None = None, progress: bool
             "objects_per_image": float(counts.sum() / max(n, 1))}
 
 
+def _mutual_information(table: torch.Tensor) -> float:
+    """Mutual information (bits) of the two variables of a contingency table of counts."""
+    joint = table / table.sum().clamp_min(1)
+    pc, pk = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    ratio = torch.where(joint > 0, joint / (pc * pk).clamp_min(1e-12), torch.ones_like(joint))
+    return float((joint * ratio.log2()).sum())
+
+
 def patch_shape_information(dataset: ConfoundedScenes, max_images: int | None = 2000) -> dict[str, Any]:
     """How much the *shape* of an object's context patch tells about its class: the mutual information (bits)
     between class and patch kind ("around", "below", "behind", as the generator placed it) over the objects
     that stand on a context, and P(kind | class). At rho = chance it is ~0 in the ``"prior"`` layout (the
     shape is drawn with the context) and stays high in ``"prior_class_surround"`` (one shape per class): a
-    class cue there that no intervention on the context removes."""
+    class cue there that no intervention on the context removes.
+
+    ``extent_information_bits``: the same with the patch's kind *and* the quarter of the image its top edge
+    lies in: where the patch's extent follows the object's box (``"prior"``), a ground band starting at a
+    flyer's height still tells the class at chance; in ``"prior_strip"`` it does not."""
     from ._layout import CLASS_PRIORS, CONTEXT_KINDS
 
     kinds = ("around", "below", "behind")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     table = torch.zeros(dataset.num_classes, len(kinds), dtype=torch.float64)
+    extent = torch.zeros(dataset.num_classes, len(kinds) * 4, dtype=torch.float64)
+    s = dataset.image_size
     for i in range(n):
         for o in dataset.render(i)[3]:
             if o["rider"] or o["context"] < 0:
                 continue
-            if dataset.layout == "prior":
+            if dataset.layout in ("prior", "prior_strip"):
                 kind = CONTEXT_KINDS[dataset.context_names[o["context"]]]
             else:  # the class's shape ("prior_class_surround"); the uniform layout's rectangle is "around"
                 kind = CLASS_PRIORS[dataset.class_names[o["class"]]][2] if dataset.layout != "uniform" else "around"
             table[o["class"], kinds.index(kind)] += 1
-    joint = table / table.sum().clamp_min(1)
-    pc, pk = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
-    ratio = torch.where(joint > 0, joint / (pc * pk).clamp_min(1e-12), torch.ones_like(joint))
-    mi = float((joint * ratio.log2()).sum())
-    return {"mutual_information_bits": mi, "kinds": list(kinds), "num_objects": int(table.sum()),
+            quarter = min(4 * o["surround"][0] // s, 3)
+            extent[o["class"], 4 * kinds.index(kind) + quarter] += 1
+    return {"mutual_information_bits": _mutual_information(table), "kinds": list(kinds),
+            "extent_information_bits": _mutual_information(extent), "num_objects": int(table.sum()),
             "kind_given_class": (table / table.sum(1, keepdim=True).clamp_min(1)).tolist(), "rho": dataset.rho}

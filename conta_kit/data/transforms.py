@@ -77,12 +77,14 @@ _FILL = {"mask": 255, "gt_mask": 255, "context_mask": -1, "surround": 0}
 
 
 def joint_augment(batch: dict[str, Any], *, flip: bool = True, scale: tuple[float, float] = (1.0, 1.0),
-                  crop: int | None = None) -> dict[str, Any]:
+                  crop: int | None = None, shift: int = 0) -> dict[str, Any]:
     """The same random geometry for the image and every (B, H, W) map of the batch (masks, x_m, ...).
 
     Horizontal flip per image; one random rescale per batch (float maps bilinear, integer maps nearest);
     a random ``crop`` x ``crop`` window per image, padding first where the image is smaller (image and
-    x_m with 0, masks with 255, context with -1). Uses the torch RNG.
+    x_m with 0, masks with 255, context with -1); then a random translation of each image by up to ``shift``
+    pixels each way, the uncovered border filled with mid-grey (x_m with 0, masks with 255). Labels are kept,
+    as in IRNet's crops: an object shifted partly out still counts. Uses the torch RNG.
     """
     out = random_flip(batch) if flip else dict(batch)
     lo, hi = scale
@@ -112,6 +114,16 @@ def joint_augment(batch: dict[str, Any], *, flip: bool = True, scale: tuple[floa
         xs = torch.randint(0, w - crop + 1, (out["image"].shape[0],)).tolist()
         for k in keys:
             out[k] = torch.stack([v[..., y:y + crop, x:x + crop] for v, y, x in zip(out[k], ys, xs)])
+    if shift:
+        if shift < 0:
+            raise ValueError(f"shift must be >= 0, got {shift}")
+        h, w = out["image"].shape[-2:]
+        ys = torch.randint(0, 2 * shift + 1, (out["image"].shape[0],)).tolist()
+        xs = torch.randint(0, 2 * shift + 1, (out["image"].shape[0],)).tolist()
+        for k in keys:
+            fill = 0.5 if k == "image" else _FILL.get(k, 0)
+            v = F.pad(out[k], (shift,) * 4, value=fill)
+            out[k] = torch.stack([t[..., y:y + h, x:x + w] for t, y, x in zip(v, ys, xs)])
     return out
 
 

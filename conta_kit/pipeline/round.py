@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def _augment(cfg: RunCfg) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The classifier's training augmentation (flip, rescale, crop; x_m and masks move with the image)."""
+    """The classifier's training augmentation (flip, rescale, crop, shift; x_m and masks move with the image)."""
     b = cfg.baseline
-    return lambda batch: joint_augment(batch, scale=b.aug_scale, crop=b.aug_crop)
+    return lambda batch: joint_augment(batch, scale=b.aug_scale, crop=b.aug_crop, shift=b.aug_shift)
 
 
 def train_classifier(cfg: RunCfg, rnd: RoundLayout, data: dict[str, Dataset], device: torch.device, *,
