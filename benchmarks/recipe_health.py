@@ -3,11 +3,12 @@ one before, round 0's classifier trained on the baseline's images (at ``--rho``)
 chance), scored on **val** only (this chooses the recipe; the README's seed scores are on train); prints JSON.
 
     .venv/bin/python benchmarks/recipe_health.py [--seeds 0] [--rho 0.5] [--jobs 2] [--out results.json]
+    .venv/bin/python benchmarks/recipe_health.py --markdown results.json [--update docs/benchmark_health.md]
 
 Per (recipe, arm, seed): seed mIoU at the best threshold of the grid on val, the resolution ceiling (ground truth
 average-pooled to the feature grid, same thresholds), their ratio, where the CAM peaks and its mass fall
 (:class:`~conta_kit.cam.diagnostics.CamLocalisation`, per class too) and the classifier's training seconds.
-The recipes are the ``default`` preset with these overrides, in this order:
+The recipes are the ``default`` preset (``--preset``) with these overrides, in this order:
 
 * ``prior``: the class-prior layout as it was (context patches follow the object's box, plain objects);
 * ``+strip``: ``layout="prior_strip"``: a context's extent no longer follows the object;
@@ -34,7 +35,7 @@ LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
     ("prior", {"layout": "prior"}),
     ("+strip", {"layout": "prior_strip"}),
     ("+pattern", {"object_texture": "pattern"}),
-    ("+shift", {"aug_shift": 20}),
+    ("+shift", {"aug_shift": 20}),  # the default preset's value (96 px images)
     ("+scale", {"object_scale": 1.4}),
 )
 
@@ -48,7 +49,7 @@ def recipes() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def probe(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, Any]:
+def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, Any]:
     """Train round 0's classifier of one (recipe, arm, seed) on one thread and score its CAMs on val."""
     import torch
 
@@ -59,9 +60,9 @@ def probe(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, Any]:
     from conta_kit.pipeline.evaluate import evaluate_cams
     from conta_kit.pipeline.round import train_classifier
 
-    name, params, arm, seed, rho = job
+    name, params, arm, seed, rho, preset = job
     torch.set_num_threads(1)
-    cfg = RunCfg.from_params("default", seed=seed, cooccurrence=rho, **params)
+    cfg = RunCfg.from_params(preset, seed=seed, cooccurrence=rho, **params)
     splits = scene_splits(cfg.data, seed=seed, splits=("train", "val"))
     data = dict(splits)
     if arm == "oracle":
@@ -88,21 +89,94 @@ def probe(job: tuple[str, dict[str, Any], str, int, float]) -> dict[str, Any]:
             "classes": list(splits["val"].class_names), "classifier_s": round(train_s, 1)}
 
 
+def table(result: dict[str, Any]) -> str:
+    """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score, then each
+    class's share of CAM peaks on its object."""
+    from conta_kit.summary import markdown_table, mean_std
+
+    def cell(values: list[float | None]) -> str:
+        values = [v for v in values if v is not None]  # a class absent from val has no peak share (NaN)
+        if not values:
+            return "—"
+        st = mean_std(values)
+        return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
+
+    rows, peaks = [], []
+    names = [r["name"] for r in result["ladder"]]
+    classes = result["rows"][0]["classes"] if result["rows"] else []
+    for name in names:
+        for arm in ("baseline", "oracle"):
+            got = [r for r in result["rows"] if r["recipe"] == name and r["arm"] == arm]
+            if not got:
+                continue
+            label = f"rho {got[0]['rho']:g}" if arm == "baseline" else f"oracle (rho {got[0]['train_rho']:.2g})"
+            rows.append([name, label, str(len(got)), *(cell([r[k] for r in got]) for k in (
+                "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_mass_in_object",
+                "object_pixel_share")), f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
+            per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
+            peaks.append([name, label, *(cell(v) for v in per)])
+    env = result["environment"]
+    geo = markdown_table(["layout", "rho", "bits in the context's kind", "bits in its kind and extent"],
+                         [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
+                          for g in result.get("geometry", [])])
+    head = ["recipe", "classifier trained at", "seeds", "val seed mIoU", "val ceiling", "share of ceiling",
+            "CAM peak on object", "CAM mass in object", "object pixel share", "classifier s"]
+    return (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
+            + markdown_table(["recipe", "classifier trained at", *classes], peaks)
+            + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n"
+            + "\nWhat a context's geometry tells about the class (mutual information with the class, 1,500 images at "
+              "32 px; at rho 0.1 the context is drawn at chance, as for the oracle):\n\n" + geo)
+
+
+def geometry(rho: float, num_images: int = 1500) -> list[dict[str, Any]]:
+    """What a context's geometry tells about the class (bits; :func:`~conta_kit.data.stats.patch_shape_information`)
+    in each layout of the ladder and the class-shaped one, at ``rho`` and at chance (the oracle's data)."""
+    from conta_kit.data import ConfoundedScenes
+    from conta_kit.data.stats import patch_shape_information
+
+    out = []
+    for layout in ("prior_class_surround", "prior", "prior_strip"):
+        for r in (rho, 0.1):
+            info = patch_shape_information(ConfoundedScenes("train", num_images=num_images, image_size=32,
+                                                            cooccurrence=r, layout=layout))
+            out.append({"layout": layout, "rho": r, "kind_bits": info["mutual_information_bits"],
+                        "kind_and_extent_bits": info["extent_information_bits"]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--preset", default="default", help="the preset the ladder's overrides apply to (default: default)")
     ap.add_argument("--rho", type=float, default=0.5, help="the baseline's confounding (default 0.5)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time, one thread each (default 2)")
     ap.add_argument("--only", nargs="+", default=None, help="recipe names to run (default: the whole ladder)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--markdown", default=None, metavar="JSON", help="print the tables of a result file instead")
+    ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's recipe-health block")
     args = ap.parse_args()
+    if args.markdown:
+        from pathlib import Path
+
+        from conta_kit.report.markdown import update_block
+
+        path = Path(args.markdown)
+        if not path.is_file():
+            raise SystemExit(f"--markdown: {path} not found")
+        text = table(json.loads(path.read_text()))
+        if args.update:
+            update_block(args.update, "recipe-health", text)
+        print(text)
+        return
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     names = [n for n, _ in LADDER]
     unknown = sorted(set(args.only or []) - set(names))
     if unknown:
         raise SystemExit(f"--only: unknown recipe(s) {unknown}; known: {names}")
-    jobs = [(name, params, arm, seed, args.rho) for name, params in recipes() if not args.only or name in args.only
+    if args.preset not in ("smoke", "default", "bench", "gpu"):
+        raise SystemExit(f"--preset must be one of the benchmark's presets smoke, default, bench, gpu; got {args.preset!r}")
+    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes() if not args.only or name in args.only
             for seed in args.seeds for arm in ("baseline", "oracle")]
     import torch
 
@@ -114,7 +188,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("recipe", "arm", "seed", "val_seed_miou", "share_of_ceiling",
                                                     "cam_peak_on_object")}), flush=True)
-    emit({"benchmark": "recipe_health", "environment": env, "rho": args.rho, "seeds": args.seeds,
+    emit({"benchmark": "recipe_health", "environment": env, "geometry": geometry(args.rho), "preset": args.preset, "rho": args.rho, "seeds": args.seeds,
           "ladder": [{"name": n, "adds": p} for n, p in LADDER], "rows": rows,
           "wall_s": round(time.perf_counter() - t0, 1)}, args.out)
 

@@ -123,3 +123,22 @@ def test_gpu_script_refuses_to_run_without_cuda(tmp_path):
     assert "no CUDA device here" in proc.stderr and "nothing was run" in proc.stderr
     assert sorted(p.name for p in (BENCH / "results").iterdir()) == before
     assert (ROOT / "README.md").read_bytes() == readme
+
+
+def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path):
+    out = tmp_path / "recipe.json"
+    res = _script("recipe_health.py", "--preset", "smoke", "--only", "prior", "+strip", "--jobs", "1", out=out)
+    rows = res["rows"]
+    assert [(r["recipe"], r["arm"]) for r in rows] == [("prior", "baseline"), ("prior", "oracle"),
+                                                     ("+strip", "baseline"), ("+strip", "oracle")]
+    assert rows[2]["params"] == {"layout": "prior_strip"} and rows[1]["train_rho"] == pytest.approx(0.1)
+    for r in rows:
+        assert 0 <= r["val_seed_miou"] <= r["val_ceiling_miou"] <= 1 and 0 <= r["cam_peak_on_object"] <= 1
+        assert r["share_of_ceiling"] == pytest.approx(r["val_seed_miou"] / r["val_ceiling_miou"])
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- results:recipe-health -->\nold\n<!-- /results:recipe-health -->\ny\n")
+    proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out), "--update",
+                           str(doc)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = doc.read_text()
+    assert "old" not in text and f"{rows[2]['val_seed_miou']:.3f}" in text and "oracle (rho 0.1)" in text

@@ -38,6 +38,9 @@ def test_main_sequence_smoke(tmp_path):
     assert s["ood"]["object_pixel_share"] == 0 and s["ood_random"]["object_pixel_share"] == 0
     dial = m["data_dial"]
     assert dial["paired_rate"][-1] > 0.95 and dial["paired_rate"][0] < 0.3
+    lay = m["layout"]  # the default layout's context geometry says nothing about the class at chance
+    assert lay["layout"] == "prior_strip" and lay["patch_extent_bits"]["chance"] < 0.1
+    assert "Its kind and extent together" in m["conclusions"]["01_data"]
     # 02-06: the CONTA loop ran once (rounds 0 and 1) into seed_0/ and every notebook wrote its section
     rounds = json.loads((run.path / "seed_0" / "metrics.json").read_text())["conta"]["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]

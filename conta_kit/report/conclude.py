@@ -109,6 +109,14 @@ def data(metrics: dict[str, Any], rho: float) -> str:
                          + ("the intervention removes it with the texture." if gone else
                             "a class cue that drawing the context at chance does not remove, so the oracle can use "
                             "it too."))
+        extent = lay.get("patch_extent_bits")
+        if extent:
+            kept = extent["chance"] >= 0.1
+            lines.append(f"**Its kind and extent together** (where its top edge starts) tell {_f(extent['train'], 2)} "
+                         f"bits at this rho and {_f(extent['chance'], 2)} bits at chance: "
+                         + ("the extent follows the object's box, so even at chance the context's geometry names the "
+                            "class (a classifier can find a flyer on the ground band under it)." if kept else
+                            "at chance the context's geometry no longer names the class."))
     return "\n\n".join(lines)
 
 
