@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_scenes.py [--images 4000] [--size 96]
 
 Measures, in one process pinned to one thread, full dataset items (``ds[i]``: render + tensors + labels)
-and bare rendering (``ds.render(i)``), each over fresh indices, best of three repeats.
-Target from the foundation issue: >= 2,000 96x96 images/s.
+and bare rendering (``ds.render(i)``), each over fresh indices, best of three repeats, for the default
+recipe's generator (``DataCfg()``: strip layout, patterned objects, scale 1.4) and, side by side, the
+earlier one (layout "prior", plain objects). Target from the foundation issue: >= 2,000 96x96 images/s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import time
 
 import torch
 
+from conta_kit.config import DataCfg
 from conta_kit.data import ConfoundedScenes
+from conta_kit.data.splits import scene_kwargs
 
 
 def _rate(fn, n: int, offset: int) -> float:
@@ -36,16 +39,22 @@ def main() -> None:
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    ds = ConfoundedScenes("train", num_images=a.images * (2 * a.repeats + 1), image_size=a.size)
-    ds[0]  # build the texture cache outside the timing
-    items = max(_rate(ds.__getitem__, a.images, a.images * (2 * r + 1)) for r in range(a.repeats))
-    render = max(_rate(ds.render, a.images, a.images * (2 * r + 2)) for r in range(a.repeats))
+    default = {k: v for k, v in scene_kwargs(DataCfg()).items() if k not in ("image_size", "cooccurrence")}
+    recipes = {"default": default, "earlier": {**default, "layout": "prior", "object_texture": "plain",
+                                               "object_scale": 1.0}}
+    out = {}
+    for name, kw in recipes.items():
+        ds = ConfoundedScenes("train", num_images=a.images * (2 * a.repeats + 1), image_size=a.size, **kw)
+        ds[0]  # build the texture cache outside the timing
+        items = max(_rate(ds.__getitem__, a.images, a.images * (2 * r + 1)) for r in range(a.repeats))
+        render = max(_rate(ds.render, a.images, a.images * (2 * r + 2)) for r in range(a.repeats))
+        out[name] = {"options": kw, "items_per_s": round(items, 1), "render_per_s": round(render, 1),
+                     "items_vs_target": round(items / 2000, 2)}
     print(json.dumps({
         "benchmark": "confounded_scenes_generation",
         "image_size": a.size, "images_per_repeat": a.images, "repeats": a.repeats, "threads": 1,
-        "items_per_s": round(items, 1), "render_per_s": round(render, 1),
-        "target_items_per_s": 2000, "items_vs_target": round(items / 2000, 2),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        **out, "target_items_per_s": 2000, "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
     }, indent=2))
 
 

@@ -86,6 +86,7 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "share_of_ceiling": sweep[best_t] / ceiling[best_c], "cam_peak_on_object": loc["cam_peak_on_object"],
             "cam_mass_in_object": loc["cam_mass_in_object"], "object_pixel_share": loc["object_pixel_share"],
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
+            "cam_peak_offset_y_per_class": loc["cam_peak_offset_y_per_class"],
             "classes": list(splits["val"].class_names), "classifier_s": round(train_s, 1)}
 
 
@@ -101,7 +102,7 @@ def table(result: dict[str, Any]) -> str:
         st = mean_std(values)
         return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
 
-    rows, peaks = [], []
+    rows, peaks, offsets = [], [], []
     names = [r["name"] for r in result["ladder"]]
     classes = result["rows"][0]["classes"] if result["rows"] else []
     for name in names:
@@ -115,6 +116,8 @@ def table(result: dict[str, Any]) -> str:
                 "object_pixel_share")), f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
             peaks.append([name, label, *(cell(v) for v in per)])
+            off = [[r["cam_peak_offset_y_per_class"][k] for r in got] for k in range(len(classes))]
+            offsets.append([name, label, *(cell(v) for v in off)])
     env = result["environment"]
     geo = markdown_table(["layout", "rho", "bits in the context's kind", "bits in its kind and extent"],
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
@@ -123,6 +126,8 @@ def table(result: dict[str, Any]) -> str:
             "CAM peak on object", "CAM mass in object", "object pixel share", "classifier s"]
     return (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
+            + "\nHow far below its object's mean row the CAM peaks, per class (fraction of the image height; "
+              "negative: above):\n\n" + markdown_table(["recipe", "classifier trained at", *classes], offsets)
             + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n"
             + "\nWhat a context's geometry tells about the class (mutual information with the class, 1,500 images at "
               "32 px; at rho 0.1 the context is drawn at chance, as for the oracle):\n\n" + geo)

@@ -313,6 +313,9 @@ def test_cam_localisation_and_surround_leakage_by_hand():
     assert out["object_pixel_share"] == pytest.approx(4 / 64) and out["cam_peak_on_object"] == 0.5
     assert out["cam_peak_on_object_per_class"][0] == 0.5 and math.isnan(out["cam_peak_on_object_per_class"][1])
     assert out["cam_mass_in_object_per_class"][0] == pytest.approx((1 + 4 / 64) / 2)
+    # peaks at rows 2 (the first maximum) and 0 against the object's mean row 2.5, in image heights
+    assert out["cam_peak_offset_y_per_class"][0] == pytest.approx((-0.5 - 2.5) / 2 / 8)
+    assert math.isnan(out["cam_peak_offset_y_per_class"][1])
 
     surround = torch.zeros(2, 8, 8, dtype=torch.long)
     surround[:, 4:8, :] = 1  # half the image is class 0's surround

@@ -153,6 +153,7 @@ def test_patch_shape_information_is_gone_at_chance_only_where_the_shape_follows_
         return patch_shape_information(ds)["mutual_information_bits"]
 
     assert bits("prior", 0.1) < 0.03 < 0.5 < bits("prior", 0.9)
+    assert bits("prior_strip", 0.1) < 0.03
     fixed = bits("prior_class_surround", 0.1)
     assert fixed == pytest.approx(bits("prior_class_surround", 0.9)) and fixed > 1.0
     assert bits("uniform", 0.9) == 0.0

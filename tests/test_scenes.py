@@ -165,7 +165,9 @@ def test_speed_script_prints_its_figure():
     out = subprocess.run([sys.executable, str(script), "--images", "40", "--repeats", "1", "--size", "48"],
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
-    assert result["items_per_s"] > 0 and result["image_size"] == 48 and result["threads"] == 1
+    assert result["image_size"] == 48 and result["threads"] == 1
+    assert result["default"]["items_per_s"] > 0 and result["earlier"]["items_per_s"] > 0
+    assert result["default"]["options"]["layout"] == "prior_strip" and result["earlier"]["options"]["layout"] == "prior"
 
 
 def test_shift_augmentation_moves_image_and_maps_together():

@@ -42,7 +42,9 @@ def ceiling_cams(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]
 class CamLocalisation:
     """Accumulates, over (image, present class) pairs: the share of the CAM's mass on the class's own pixels,
     the object's share of the image's labelled pixels (the level a CAM that does not localise reaches), and
-    whether the CAM's peak lies on the object."""
+    whether the CAM's peak lies on the object; per class also how far the peak's row lies below the object's
+    mean row (``cam_peak_offset_y_per_class``, a fraction of the image height; negative: above): a CAM that
+    sits on a ground band under its object, or is pushed away from the image's edge, shows here."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -50,6 +52,7 @@ class CamLocalisation:
         self.n = 0
         # per class: which classes' CAMs sit on their objects and which on something else (a context shortcut)
         self.class_sums = torch.zeros(3, num_classes, dtype=torch.float64)  # mass in, peak hits, pairs
+        self.offset_sums = torch.zeros(num_classes, dtype=torch.float64)  # peak row - object's mean row
 
     @torch.no_grad()
     def update(self, cams: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
@@ -69,14 +72,23 @@ class CamLocalisation:
         self.n += int(use.sum())
         u = use.double().cpu()
         self.class_sums += torch.stack([(inside.double().cpu() * u).sum(0), (peak.double().cpu() * u).sum(0), u.sum(0)])
+        h = mask.shape[1]
+        rows = torch.arange(h, device=obj.device, dtype=torch.float64).view(1, 1, h)
+        obj_rows = obj.double().sum(3)  # (B, C, H): object pixels per row
+        centre = (obj_rows * rows).sum(2) / obj_rows.sum(2).clamp_min(1)
+        peak_row = (cams.flatten(2).argmax(2) // cams.shape[3]).double()
+        self.offset_sums += (((peak_row - centre) / h).cpu() * u).sum(0)
 
     def compute(self) -> dict[str, float]:
         n = self.n or math.nan
         per = self.class_sums[:2] / self.class_sums[2].clamp_min(1)
         per[:, self.class_sums[2] == 0] = math.nan
+        offset = self.offset_sums / self.class_sums[2].clamp_min(1)
+        offset[self.class_sums[2] == 0] = math.nan
         return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
                 "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n,
-                "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist()}
+                "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist(),
+                "cam_peak_offset_y_per_class": offset.tolist()}
 
 
 class SurroundLeakage:
