@@ -8,14 +8,17 @@ chance), scored on **val** only (this chooses the recipe; the README's seed scor
 Per (recipe, arm, seed): seed mIoU at the best threshold of the grid on val, the resolution ceiling (ground truth
 average-pooled to the feature grid, same thresholds), their ratio, where the CAM peaks and its mass fall
 (:class:`~conta_kit.cam.diagnostics.CamLocalisation`, per class too) and the classifier's training seconds.
-The recipes are the ``default`` preset (``--preset``) with these overrides, in this order:
+The recipes are the ``default`` preset (``--preset``) with these overrides, each step keeping the ones
+before it, the last being the preset as it is:
 
-* ``prior``: the class-prior layout as it was (context patches follow the object's box, plain objects);
-* ``+strip``: ``layout="prior_strip"``: a context's extent no longer follows the object;
-* ``+pattern``: ``object_texture="pattern"``: a class-specific surface pattern inside each object;
-* ``+shift``: ``aug_shift=20``: training images translated by up to 20 px, so the border stops telling the
-  object's height;
-* ``+scale``: ``object_scale=1.4``: objects 1.4x taller (VOC's objects cover far more of the image than 4 %).
+* ``prior``: the earlier recipe (``layout="prior"``: context patches follow the object's box; plain objects
+  at the class table's sizes; no shift);
+* ``+strip``: the preset's layout (``"prior_strip"``: a context's extent no longer follows the object);
+* ``+pattern``: its ``object_texture`` (``"pattern"``: a class-specific surface pattern inside each object);
+* ``+shift``: its ``aug_shift`` (20 px at 96 px): training images translated, so the border tells less about
+  how high an object stands;
+* ``+scale``: its ``object_scale`` (1.4: objects 1.4x taller; VOC's objects cover far more of the image than
+  the 4 % they covered).
 
 Each job is one process on one thread, ``--jobs`` at a time; the numbers are deterministic per machine and seed.
 """
@@ -31,20 +34,29 @@ from typing import Any
 
 from _common import emit, environment
 
-LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("prior", {"layout": "prior"}),
-    ("+strip", {"layout": "prior_strip"}),
-    ("+pattern", {"object_texture": "pattern"}),
-    ("+shift", {"aug_shift": 20}),  # the default preset's value (96 px images)
-    ("+scale", {"object_scale": 1.4}),
+#: the earlier recipe: the ladder's first step
+EARLIER: dict[str, Any] = {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
+#: each later step sets these fields to the preset's own values (so the last step is the preset as it is)
+LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("prior", ()),
+    ("+strip", ("layout",)),
+    ("+pattern", ("object_texture",)),
+    ("+shift", ("aug_shift",)),
+    ("+scale", ("object_scale",)),
 )
 
 
-def recipes() -> list[tuple[str, dict[str, Any]]]:
-    """The ladder's cumulative overrides: [(name, params)], each recipe the one before plus its ingredient."""
-    out, params = [], {}
-    for name, extra in LADDER:
-        params = {**params, **extra}
+def recipes(preset: str = "default") -> list[tuple[str, dict[str, Any]]]:
+    """The ladder's cumulative overrides of ``preset``: [(name, params)], the first the earlier recipe, each
+    later one the one before with its fields set to the preset's values."""
+    from conta_kit.config import RunCfg
+
+    cfg = RunCfg.preset_cfg(preset)
+    value = {**{f: getattr(cfg.data, f) for f in ("layout", "object_texture", "object_scale")},
+             "aug_shift": cfg.baseline.aug_shift}
+    out, params = [], dict(EARLIER)
+    for name, fields in LADDER:
+        params = {**params, **{f: value[f] for f in fields}}
         out.append((name, dict(params)))
     return out
 
@@ -135,7 +147,8 @@ def table(result: dict[str, Any]) -> str:
 
 def geometry(rho: float, num_images: int = 1500) -> list[dict[str, Any]]:
     """What a context's geometry tells about the class (bits; :func:`~conta_kit.data.stats.patch_shape_information`)
-    in each layout of the ladder and the class-shaped one, at ``rho`` and at chance (the oracle's data)."""
+    in each layout of the ladder and the class-shaped one, at ``rho`` and at chance (the oracle's data); the
+    generator's own object sizes (``object_scale`` 1.0), at 32 px."""
     from conta_kit.data import ConfoundedScenes
     from conta_kit.data.stats import patch_shape_information
 
@@ -170,18 +183,24 @@ def main() -> None:
             raise SystemExit(f"--markdown: {path} not found")
         text = table(json.loads(path.read_text()))
         if args.update:
+            if not Path(args.update).is_file():
+                raise SystemExit(f"--update: {args.update} not found")
             update_block(args.update, "recipe-health", text)
         print(text)
         return
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     names = [n for n, _ in LADDER]
+    if args.update and not args.markdown:
+        raise SystemExit("--update needs --markdown RESULT.json")
+    if not 0.0 <= args.rho <= 1.0:
+        raise SystemExit(f"--rho must be in [0, 1], got {args.rho}")
     unknown = sorted(set(args.only or []) - set(names))
     if unknown:
         raise SystemExit(f"--only: unknown recipe(s) {unknown}; known: {names}")
     if args.preset not in ("smoke", "default", "bench", "gpu"):
         raise SystemExit(f"--preset must be one of the benchmark's presets smoke, default, bench, gpu; got {args.preset!r}")
-    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes() if not args.only or name in args.only
+    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes(args.preset) if not args.only or name in args.only
             for seed in args.seeds for arm in ("baseline", "oracle")]
     import torch
 
@@ -194,7 +213,7 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("recipe", "arm", "seed", "val_seed_miou", "share_of_ceiling",
                                                     "cam_peak_on_object")}), flush=True)
     emit({"benchmark": "recipe_health", "environment": env, "geometry": geometry(args.rho), "preset": args.preset, "rho": args.rho, "seeds": args.seeds,
-          "ladder": [{"name": n, "adds": p} for n, p in LADDER], "rows": rows,
+          "ladder": [{"name": n, "params": p} for n, p in recipes(args.preset)], "rows": rows,
           "wall_s": round(time.perf_counter() - t0, 1)}, args.out)
 
 

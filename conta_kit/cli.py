@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import logging
 import signal
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 
 from . import distributed
 from .config import PRESETS, RunCfg, resolve_device
-from .io import Run, check_writable, read_json
+from .io import Run, check_writable, read_json, to_jsonable
 from .pipeline import run_baseline, run_seeds
 from .pipeline.rounds import check_round0_source
 from .pipeline.sweep import check_sweep_args, load_sweep, sweep_tables
@@ -102,8 +103,39 @@ def _resume_target(args: argparse.Namespace, command: str) -> tuple[Run, str, di
         raise ValueError(f"{folder} was made with preset {p['preset']!r} and overrides {p['overrides']}; --resume "
                          f"continues it with those. Refused: {'; '.join(conflicts)}")
     _check_scenes_version(folder, p)
+    _check_same_recipe(folder, p)
     check_writable(folder)
     return run, p["preset"], dict(p["overrides"])
+
+
+def _check_same_recipe(folder: Path, params: dict[str, Any]) -> None:
+    """A run whose preset and overrides resolve today to other settings than it recorded (a default changed
+    since) cannot be continued: the rest of it would run another recipe. Names the settings that differ and the
+    overrides that reproduce the recorded ones."""
+    from dataclasses import fields as dc_fields
+
+    from .config import with_added_fields
+
+    recorded = params.get("resolved")
+    if not isinstance(recorded, dict):
+        return
+    recorded = with_added_fields(recorded)
+    known = {f.name for sub in (RunCfg().data, RunCfg().baseline, RunCfg().conta, RunCfg().wood)
+             for f in dc_fields(sub)}
+    today = RunCfg.from_params(preset=params["preset"],
+                               **{k: v for k, v in params["overrides"].items() if k in known}).to_dict()
+    differ = []
+    for section in ("data", "baseline", "conta", "wood"):
+        for name, value in json.loads(json.dumps(to_jsonable(today[section]))).items():
+            theirs = recorded.get(section, {}).get(name, value)
+            if value != theirs:
+                differ.append((name, theirs, value))
+    if differ:
+        said = "; ".join(f"{n}: {t!r} recorded, {v!r} today" for n, t, v in differ)
+        fix = " ".join(f"-p {n} {' '.join(map(str, t)) if isinstance(t, list) else t}" for n, t, _ in differ)
+        raise ValueError(f"{folder} was made with settings that its preset and overrides no longer give (a default "
+                         f"changed since): {said}. Continuing it would mix two recipes; start a new run with {fix} "
+                         f"to reproduce it")
 
 
 def _check_scenes_version(folder: Path, params: dict[str, Any]) -> None:
@@ -117,7 +149,8 @@ def _check_scenes_version(folder: Path, params: dict[str, Any]) -> None:
     if env.get("scenes_version", 1) < SCENES_VERSION:
         raise ValueError(f"{folder} was made when the benchmark's layout 'prior' shaped every context patch by the "
                          f"object's class (today's 'prior_class_surround'); continuing it would mix two benchmarks. "
-                         f"Start a new run (with -p layout prior_class_surround to reproduce it)")
+                         f"Start a new run (with -p layout prior_class_surround -p object_texture plain -p object_scale 1.0 "
+                         f"-p aug_shift 0 to reproduce it)")
 
 
 def _baseline(args: argparse.Namespace) -> int:

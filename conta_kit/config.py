@@ -39,7 +39,7 @@ class DataCfg:
             same objects, each context a patch whose extent follows the object's box: at chance a ground band
             starting at a flyer's height still tells the class; the default before),
             "prior_class_surround" (the same, the patch shaped by the object's class whatever context is drawn:
-            a class cue the intervention does not remove; the default before) or "uniform" (the first layout:
+            a class cue the intervention does not remove; the default before that) or "uniform" (the first layout:
             one size range for all; the negative control for CONTA).
         object_texture: "pattern" (the default: a class-specific surface pattern inside each silhouette, a
             local cue as fur, paint and windows are in photos; see ``SceneOptions``) or "plain" (objects one
@@ -324,7 +324,7 @@ class RunCfg:
     data_source: str = "scenes"
     data_root: str | None = None
     data: DataCfg = field(default_factory=DataCfg)
-    baseline: BaselineCfg = field(default_factory=BaselineCfg)
+    baseline: BaselineCfg = field(default_factory=lambda: BaselineCfg(aug_shift=20))  # the default preset's
     conta: ContaCfg = field(default_factory=ContaCfg)
     wood: WOoDConfig = field(default_factory=WOoDConfig)
 
@@ -373,7 +373,7 @@ class RunCfg:
                                             seg_batch_size=16, seg_lr=0.01, cam_scales=(1.0, 0.5, 1.5, 2.0),
                                             eval_batch_size=16, num_workers=8),
                        wood=WOoDConfig(ft_epochs=5))
-        return cls(baseline=BaselineCfg(aug_shift=20))
+        return cls()
 
     @classmethod
     def from_params(cls, preset: str = "default", **params: Any) -> RunCfg:
@@ -410,13 +410,33 @@ class RunCfg:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunCfg:
-        """Inverse of :meth:`to_dict` (e.g. ``params.json["resolved"]``; JSON lists become tuples)."""
+        """Inverse of :meth:`to_dict` (e.g. ``params.json["resolved"]``; JSON lists become tuples). A field that a
+        recorded config lacks because the kit added it later takes the value that reproduces that run
+        (:data:`ADDED_FIELDS`), not today's default."""
         def tup(v: Any) -> Any:
             return tuple(v) if isinstance(v, list) else v
 
+        d = with_added_fields(d)
         subs = {"data": DataCfg, "baseline": BaselineCfg, "conta": ContaCfg, "wood": WOoDConfig}
         kw = {k: (subs[k](**{f: tup(x) for f, x in v.items()}) if k in subs else v) for k, v in d.items()}
         return cls(**kw)
+
+
+#: Fields added to the kit after runs were recorded without them, with the value that reproduces such a run
+#: (what the kit did before the field existed); today's default may differ.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "data": {"object_texture": "plain", "object_scale": 1.0},
+    "baseline": {"aug_shift": 0},
+}
+
+
+def with_added_fields(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A recorded ``resolved`` config with :data:`ADDED_FIELDS` filled in where it lacks them."""
+    out = dict(resolved)
+    for section, fields_ in ADDED_FIELDS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {**fields_, **out[section]}
+    return out
 
 
 def check_type(name: str, value: Any, hint: Any) -> Any:

@@ -125,13 +125,30 @@ def test_gpu_script_refuses_to_run_without_cuda(tmp_path):
     assert (ROOT / "README.md").read_bytes() == readme
 
 
+def test_recipe_ladder_starts_from_the_earlier_recipe_and_ends_at_the_preset():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from recipe_health import recipes
+    finally:
+        sys.path.remove(str(BENCH))
+    from conta_kit.config import RunCfg
+
+    for preset in ("default", "smoke"):
+        cfgs = [RunCfg.from_params(preset, **params).to_dict() for _, params in recipes(preset)]
+        assert all(a != b for a, b in zip(cfgs, cfgs[1:]))  # every step changes the recipe
+        assert cfgs[-1] == RunCfg.preset_cfg(preset).to_dict()  # and the last is the preset itself
+        assert cfgs[0]["data"]["layout"] == "prior" and cfgs[0]["baseline"]["aug_shift"] == 0
+
+
 def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path):
     out = tmp_path / "recipe.json"
     res = _script("recipe_health.py", "--preset", "smoke", "--only", "prior", "+strip", "--jobs", "1", out=out)
     rows = res["rows"]
     assert [(r["recipe"], r["arm"]) for r in rows] == [("prior", "baseline"), ("prior", "oracle"),
                                                      ("+strip", "baseline"), ("+strip", "oracle")]
-    assert rows[2]["params"] == {"layout": "prior_strip"} and rows[1]["train_rho"] == pytest.approx(0.1)
+    assert rows[0]["params"] == {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
+    assert rows[2]["params"] == {**rows[0]["params"], "layout": "prior_strip"}
+    assert rows[1]["train_rho"] == pytest.approx(0.1)
     for r in rows:
         assert 0 <= r["val_seed_miou"] <= r["val_ceiling_miou"] <= 1 and 0 <= r["cam_peak_on_object"] <= 1
         assert r["share_of_ceiling"] == pytest.approx(r["val_seed_miou"] / r["val_ceiling_miou"])

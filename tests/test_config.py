@@ -103,3 +103,29 @@ def test_a_run_made_when_prior_meant_the_class_shaped_patch_is_not_resumed(tmp_p
     params["resolved"]["data"]["layout"] = "uniform"
     (run / "env.json").write_text(json.dumps({}))
     cli._check_scenes_version(run, params)  # the uniform layout never changed
+
+
+def test_a_run_made_with_an_earlier_default_recipe_is_not_resumed_and_old_configs_read_back_as_made(tmp_path, capsys):
+    import json
+
+    from conta_kit import cli
+    from conta_kit.config import RunCfg
+
+    made_then = RunCfg.from_params("smoke").to_dict()  # as a run recorded it before the recipe's fields existed
+    for section, name in (("data", "object_texture"), ("data", "object_scale"), ("baseline", "aug_shift")):
+        del made_then[section][name]
+    made_then["data"]["layout"] = "prior"
+    back = RunCfg.from_dict(made_then)  # read back as it was made, not with today's defaults
+    assert (back.data.object_texture, back.data.object_scale, back.baseline.aug_shift) == ("plain", 1.0, 0)
+    run = tmp_path / "20260101-000000_conta"
+    run.mkdir()
+    params = {"command": "conta", "preset": "smoke", "overrides": {}, "seeds": [0], "resolved": made_then}
+    (run / "params.json").write_text(json.dumps(params))
+    from conta_kit.data.scenes import SCENES_VERSION
+
+    (run / "env.json").write_text(json.dumps({"scenes_version": SCENES_VERSION}))
+    before = sorted(p.name for p in run.iterdir())
+    assert cli.main(["conta", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "would mix two recipes" in err and "-p object_texture plain" in err and "-p aug_shift 0" in err
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -227,3 +227,17 @@ def test_appearance_options_leave_the_earlier_images_as_they_were():
     assert _draw_options(SceneOptions()) == ("SceneOptions(num_classes=8, num_distractors=2, objects_per_image=(1, 3), "
                                             "object_size=(0.3, 0.55), context_margin=(0.3, 0.7), rider_rate=0.3, "
                                             "noise=0.04, boundary_ignore=0)")
+
+
+def test_object_patterns_stay_apart_under_horizontal_flips():
+    # training and CAM inference flip images: no class's pattern may become another's
+    from conta_kit.data._textures import object_patterns
+
+    pats = [p - p.mean() for p in object_patterns(96)]
+    for i, a in enumerate(pats):
+        assert set(np.unique(object_patterns(96)[i])) == {-1.0, 1.0}
+        for j, b in enumerate(pats):
+            if i != j:
+                for other in (b, b[:, ::-1]):
+                    corr = float((a * other).mean() / (a.std() * other.std()))
+                    assert abs(corr) < 0.1, (i, j, corr)

@@ -122,11 +122,12 @@ def _mutual_information(table: torch.Tensor) -> float:
 
 
 def patch_shape_information(dataset: ConfoundedScenes, max_images: int | None = 2000) -> dict[str, Any]:
-    """How much the *shape* of an object's context patch tells about its class: the mutual information (bits)
+    """How much the *kind* of an object's context patch tells about its class: the mutual information (bits)
     between class and patch kind ("around", "below", "behind", as the generator placed it) over the objects
-    that stand on a context, and P(kind | class). At rho = chance it is ~0 in the ``"prior"`` layout (the
-    shape is drawn with the context) and stays high in ``"prior_class_surround"`` (one shape per class): a
-    class cue there that no intervention on the context removes.
+    that stand on a context, and P(kind | class). At rho = chance it is ~0 in the ``"prior"`` and
+    ``"prior_strip"`` layouts (the kind is drawn with the context) and stays high in
+    ``"prior_class_surround"`` (one shape per class): a class cue there that no intervention on the context
+    removes.
 
     ``extent_information_bits``: the same with the patch's kind *and* the quarter of the image its top edge
     lies in: where the patch's extent follows the object's box (``"prior"``), a ground band starting at a

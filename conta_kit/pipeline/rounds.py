@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..config import RunCfg, WOoDConfig, resolve_device
+from ..config import RunCfg, WOoDConfig, resolve_device, with_added_fields
 from ..data.splits import load_splits, oracle_train
 from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, load_torch, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
@@ -61,7 +61,8 @@ def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
     theirs = read_json(params).get("resolved") if params.exists() else None
     if theirs is None:
         raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
-    theirs = {**theirs, "wood": {**WOoDConfig().__dict__, **theirs.get("wood", {})}}  # made before W-OoD: off
+    theirs = {**with_added_fields(theirs), "wood": {**WOoDConfig().__dict__, **theirs.get("wood", {})}}  # made
+    # before W-OoD: off; made before the fields of ADDED_FIELDS: what the kit did then
     differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)
     if differ:
         raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "

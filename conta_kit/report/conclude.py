@@ -114,8 +114,8 @@ def data(metrics: dict[str, Any], rho: float) -> str:
             kept = extent["chance"] >= 0.1
             lines.append(f"**Its kind and extent together** (where its top edge starts) tell {_f(extent['train'], 2)} "
                          f"bits at this rho and {_f(extent['chance'], 2)} bits at chance: "
-                         + ("the extent follows the object's box, so even at chance the context's geometry names the "
-                            "class (a classifier can find a flyer on the ground band under it)." if kept else
+                         + ("even at chance the context's geometry names the class, a cue that drawing the context at "
+                            "chance does not remove (the oracle can use it too)." if kept else
                             "at chance the context's geometry no longer names the class."))
     return "\n\n".join(lines)
 
