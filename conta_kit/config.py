@@ -97,7 +97,7 @@ class BaselineCfg:
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
             (IRNet: long side 320-640, crop 512); x_m gets exactly the same geometry. Off on the benchmark.
         aug_shift: random translation of each training image by up to this many pixels each way (0 = off; the
-            border filled with mid-grey, labels kept): the object's absolute position stops being a cue that a
+            border filled with mid-grey, labels kept): the object's absolute position becomes a weaker cue that a
             classifier can read from the image border, which otherwise pulls CAMs off objects near the edges.
             The benchmark's presets use about 0.2 of the image side (20 px at 96); VOC's keeps IRNet's recipe.
         cam_scales, cam_flip: CAM inference (IRNet: scales 1.0, 0.5, 1.5, 2.0 with flips; the CPU default
