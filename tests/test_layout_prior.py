@@ -9,8 +9,8 @@ from conta_kit.data._layout import CLASS_PRIORS
 from conta_kit.methods.conta import build_confounder_set, prototype_quality
 
 
-def _prototype_cosine(layout, n=240, size=64, grid=8):
-    ds = ConfoundedScenes("train", num_images=n, image_size=size, layout=layout)
+def _prototype_cosine(layout, n=240, size=64, grid=8, **options):
+    ds = ConfoundedScenes("train", num_images=n, image_size=size, layout=layout, **options)
     b = collate([ds[i] for i in range(n)])
     conf = build_confounder_set([(b["mask"], b["labels"])], ds.num_classes, (grid, grid))
     return prototype_quality(conf, conf)["within_cosine"]
@@ -20,6 +20,8 @@ def test_class_prototypes_differ_in_the_prior_layout_and_not_in_the_uniform_one(
     prior, uniform = _prototype_cosine("prior"), _prototype_cosine("uniform")
     assert prior <= 0.5, prior  # the goal for the new default
     assert uniform >= 0.85, uniform  # the old layout: near-identical blobs
+    default = _prototype_cosine("prior_strip", object_texture="pattern", object_scale=1.4)  # DataCfg()'s
+    assert default <= 0.5, default
 
 
 def test_objects_stay_in_their_class_band_and_size():
