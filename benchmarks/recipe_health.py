@@ -199,9 +199,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--only: unknown recipe(s) {unknown}; known: {names}")
     if args.preset not in ("smoke", "default", "bench", "gpu"):
-        raise SystemExit(f"--preset must be one of the benchmark's presets smoke, default, bench, gpu; got {args.preset!r}")
-    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes(args.preset) if not args.only or name in args.only
-            for seed in args.seeds for arm in ("baseline", "oracle")]
+        raise SystemExit(f"--preset must be one of smoke, default, bench, gpu; got {args.preset!r}")
+    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes(args.preset)
+            if not args.only or name in args.only for seed in args.seeds for arm in ("baseline", "oracle")]
     import torch
 
     env = environment(torch.device("cpu"))
@@ -212,7 +212,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("recipe", "arm", "seed", "val_seed_miou", "share_of_ceiling",
                                                     "cam_peak_on_object")}), flush=True)
-    emit({"benchmark": "recipe_health", "environment": env, "geometry": geometry(args.rho), "preset": args.preset, "rho": args.rho, "seeds": args.seeds,
+    emit({"benchmark": "recipe_health", "environment": env, "geometry": geometry(args.rho), "preset": args.preset,
+          "rho": args.rho, "seeds": args.seeds,
           "ladder": [{"name": n, "params": p} for n, p in recipes(args.preset)], "rows": rows,
           "wall_s": round(time.perf_counter() - t0, 1)}, args.out)
 

@@ -224,9 +224,9 @@ def test_object_scale_grows_the_objects():
 
 def test_appearance_options_leave_the_earlier_images_as_they_were():
     # the stream's seed leaves out options that change no draw: "prior" with defaults draws what it drew before
-    from conta_kit.data.scenes import SceneOptions, _draw_options
+    from conta_kit.data._options import SceneOptions, draw_options
 
-    assert _draw_options(SceneOptions()) == ("SceneOptions(num_classes=8, num_distractors=2, objects_per_image=(1, 3), "
+    assert draw_options(SceneOptions()) == ("SceneOptions(num_classes=8, num_distractors=2, objects_per_image=(1, 3), "
                                             "object_size=(0.3, 0.55), context_margin=(0.3, 0.7), rider_rate=0.3, "
                                             "noise=0.04, boundary_ignore=0)")
 

@@ -8,21 +8,21 @@ the context patches is a neutral backdrop.
 
 Four layouts (the generator's own defaults are ``layout="prior"``, plain objects at the class table's sizes, as
 when it was written; the kit's ``default`` preset, :class:`~conta_kit.config.DataCfg`, uses ``"prior_strip"``,
-patterned objects and ``object_scale=1.4``). ``layout="prior"``: each class has its own size, aspect and vertical band, as in
-photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and wide), and a context
-patch lies where that context lies in photos (``CONTEXT_KINDS``): sky, trees and fog around the object,
-every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. A paired context
-therefore sits where it does in photos (around flyers, under boats, cars, trains and animals, behind people).
-The patch's kind is drawn with the context, but its extent follows the object's box: at rho = chance its
-texture says nothing about the class, its geometry still does (a ground band whose top sits at a flyer's
-height). ``layout="prior_strip"``: the objects of "prior", the context's extent independent of the object:
-sky, trees, fog and walls fill the object's strip, grounds fill it below a horizon drawn whatever the class.
-``layout="prior_class_surround"``: the objects of "prior", the patch geometry the *class's* whichever
-context is drawn (the default of earlier commits): a class cue that the rho dial, and so the oracle's
-intervention, never removes (the aeroplane CAM sits on the lower edge of the patch around the plane).
-``layout="uniform"``: one size range for every class, the context a rectangle around the object; the
-class-wise average masks (CONTA's prototypes) are alike: the negative control where the adjustment has
-nothing to attend to (the first layout, exactly).
+patterned objects and ``object_scale=1.4``). ``layout="prior"``: each class has its own size, aspect and
+vertical band, as in photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and
+wide), and a context patch lies where that context lies in photos (``CONTEXT_KINDS``): sky, trees and fog around
+the object, every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. A paired
+context therefore sits where it does in photos (around flyers, under boats, cars, trains and animals, behind
+people). The patch's kind is drawn with the context, but its extent follows the object's box: at rho = chance
+its texture says nothing about the class, its geometry still does (a ground band whose top sits at a flyer's
+height). ``layout="prior_strip"``: the objects of "prior", the context's extent independent of the object: sky,
+trees, fog and walls fill the object's strip, grounds fill it below a horizon drawn whatever the class.
+``layout="prior_class_surround"``: the objects of "prior", the patch geometry the *class's* whichever context is
+drawn (the default of earlier commits): a class cue that the rho dial, and so the oracle's intervention, never
+removes (the aeroplane CAM sits on the lower edge of the patch around the plane). ``layout="uniform"``: one size
+range for every class, the context a rectangle around the object; the class-wise average masks (CONTA's
+prototypes) are alike: the negative control where the adjustment has nothing to attend to (the first layout,
+exactly).
 
 Sample ``i`` is a pure function of ``(config, seed, split, i)``: it is drawn from its own
 ``numpy.random.Generator`` seeded with that tuple, so image 10,000 needs nothing of images 0..9,999,
@@ -32,17 +32,23 @@ and ``num_images`` does not change any sample.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._layout import (CLASS_PRIORS, CONTEXT_KINDS, context_box, context_box_fixed_draws, place_prior, place_uniform,
-                      strip_context_box)
-from ._textures import (CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_patterns,
-                        object_templates)
+from ._layout import (
+    CLASS_PRIORS,
+    CONTEXT_KINDS,
+    context_box,
+    context_box_fixed_draws,
+    place_prior,
+    place_uniform,
+    strip_context_box,
+)
+from ._options import SceneOptions, draw_options
+from ._textures import CLASSES, DISTRACTOR_CONTEXTS, TEMPLATE_SIZE, context_textures, object_patterns, object_templates
 
 SPLITS = ("train", "val", "shifted", "ood")
 #: Recorded in every run's env.json. 2: ``layout="prior"`` shapes a context patch by the context drawn (before, by
@@ -50,76 +56,8 @@ SPLITS = ("train", "val", "shifted", "ood")
 SCENES_VERSION = 2
 OOD_KINDS = ("hard", "random")
 LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
-OBJECT_TEXTURES = ("plain", "pattern")
-# options left out of a sample's stream seed: appearance (the same draws) and the objects' scale (the same seed;
-# see ``object_scale``), so that adding them changed no earlier image
-_SAME_DRAWS = ("object_texture", "pattern_strength", "object_scale")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
 DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
-
-
-@dataclass(frozen=True)
-class SceneOptions:
-    """Generator options beyond the main arguments of :class:`ConfoundedScenes`.
-
-    Attributes:
-        num_classes: number of foreground classes (1..8), taken in order from the class table.
-        num_distractors: contexts paired with no class (0..4); they only appear as "other" contexts and in
-            ``ood_kind="random"`` images.
-        objects_per_image: inclusive (min, max) number of objects (riders not counted).
-        object_size: (min, max) object height as a fraction of the image side.
-        context_margin: (min, max) margin of the context patch around an object, as a fraction of the
-            object's size.
-        rider_rate: probability that a horse carries an overlapping person (needs both classes).
-        noise: standard deviation of the additive pixel noise.
-        boundary_ignore: width in pixels of a VOC-style 255 band around every object (0 = none).
-        object_texture: "plain" (each object one colour, shaded: only its silhouette says its class) or
-            "pattern" (a class-specific surface pattern, :func:`object_patterns`, at ``pattern_strength``
-            of the shading: a local cue inside the object). Appearance only: the same draws, layouts and
-            masks either way.
-        pattern_strength: contrast of the pattern (0.3: the shading varies by +-30 %).
-        object_scale: the class-prior layouts' object heights (``CLASS_PRIORS``) times this factor, capped at
-            0.9 / 0.95 of the image side (1.0: the table's sizes; the uniform layout uses ``object_size``).
-            The image's first object keeps its class, context and band; a larger object that no longer fits
-            its strip skips a draw, so later objects of that image can differ.
-    """
-
-    num_classes: int = 8
-    num_distractors: int = 2
-    objects_per_image: tuple[int, int] = (1, 3)
-    object_size: tuple[float, float] = (0.3, 0.55)
-    context_margin: tuple[float, float] = (0.3, 0.7)
-    rider_rate: float = 0.3
-    noise: float = 0.04
-    boundary_ignore: int = 0
-    object_texture: str = "plain"
-    pattern_strength: float = 0.3
-    object_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.25 <= self.object_scale <= 3.0:
-            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
-        if self.object_texture not in OBJECT_TEXTURES:
-            raise ValueError(f"object_texture must be one of {OBJECT_TEXTURES}, got {self.object_texture!r}")
-        if not 0.0 <= self.pattern_strength <= 1.0:
-            raise ValueError(f"pattern_strength must be in [0, 1], got {self.pattern_strength}")
-        if not 1 <= self.num_classes <= len(CLASSES):
-            raise ValueError(f"num_classes must be in 1..{len(CLASSES)}, got {self.num_classes}")
-        if not 0 <= self.num_distractors <= len(DISTRACTOR_CONTEXTS):
-            raise ValueError(f"num_distractors must be in 0..{len(DISTRACTOR_CONTEXTS)}, got {self.num_distractors}")
-        lo, hi = self.objects_per_image
-        if not 1 <= lo <= hi <= min(3, self.num_classes):
-            raise ValueError(f"objects_per_image must satisfy 1 <= min <= max <= min(3, num_classes), got {lo, hi}")
-        for name in ("object_size", "context_margin"):
-            a, b = getattr(self, name)
-            if not 0 <= a <= b:
-                raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {(a, b)}")
-        if not 0 < self.object_size[1] <= 1:
-            raise ValueError(f"object_size max must be in (0, 1], got {self.object_size[1]}")
-        if not 0.0 <= self.rider_rate <= 1.0:
-            raise ValueError(f"rider_rate must be in [0, 1], got {self.rider_rate}")
-        if self.noise < 0 or self.boundary_ignore < 0:
-            raise ValueError("noise and boundary_ignore must be >= 0")
 
 
 class ConfoundedScenes(Dataset):
@@ -193,7 +131,7 @@ class ConfoundedScenes(Dataset):
         code = _SPLIT_CODE[(split, ood_kind)] if split == "ood" else _SPLIT_CODE[split]
         # rho is not part of the stream: the same seed gives the same layouts at every rho (only the
         # context draws differ), so sweeps over the confounding dial compare like with like.
-        self._stream = (self.seed, code, image_size, zlib.crc32(_draw_options(self.options).encode()))
+        self._stream = (self.seed, code, image_size, zlib.crc32(draw_options(self.options).encode()))
         self.stream, self.layout = stream, layout
         if stream:  # appended only when set, so stream 0 keeps the images the benchmark always had
             self._stream = (*self._stream, stream)
@@ -359,11 +297,6 @@ class ConfoundedScenes(Dataset):
         ctx[ys:ye, xs:xe][inside] = -1
 
 
-def _draw_options(options: SceneOptions) -> str:
-    """The options that seed a sample's random draws, as the dataclass repr of the first release printed them
-    (options that change no draw left out), so adding such an option changes no existing image."""
-    kept = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options) if f.name not in _SAME_DRAWS)
-    return f"{type(options).__qualname__}({kept})"
 
 
 def _ignore_band(mask: np.ndarray, width: int) -> None:
