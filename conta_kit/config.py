@@ -46,8 +46,8 @@ class DataCfg:
             shaded colour: the silhouette is the only class cue; the default before).
         object_scale: the class-prior layouts' object heights times this factor (default 1.4; 1.0: the table's
             sizes, the default before: objects then cover about 4 % of the image each, VOC's far more).
-        The defaults were chosen on val by ``benchmarks/recipe_health.py`` (a ladder of recipes, baseline and
-        oracle): see docs/benchmark_health.md.
+        ``benchmarks/recipe_health.py`` scores each of these ingredients on val, baseline and oracle
+        (docs/benchmark_health.md: at one seed it does not support ``object_scale`` 1.4).
     """
 
     image_size: int = 96
