@@ -120,8 +120,8 @@ def _check_same_recipe(folder: Path, params: dict[str, Any]) -> None:
     if not isinstance(recorded, dict):
         return
     recorded = with_added_fields(recorded)
-    known = {f.name for sub in (RunCfg().data, RunCfg().baseline, RunCfg().conta, RunCfg().wood)
-             for f in dc_fields(sub)}
+    base = RunCfg()
+    known = {f.name for sub in (base.data, base.baseline, base.conta, base.wood) for f in dc_fields(sub)}
     today = RunCfg.from_params(preset=params["preset"],
                                **{k: v for k, v in params["overrides"].items() if k in known}).to_dict()
     differ = []

@@ -18,6 +18,22 @@ from typing import Any
 from .precision import check_amp
 
 PRESETS = ("smoke", "default", "bench", "gpu", "voc")
+#: the embedded benchmark's layouts and object textures (:mod:`conta_kit.data.scenes`); here, without torch, so that
+#: a run configuration and the generator check them with one function (:func:`check_scene_choices`)
+LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
+OBJECT_TEXTURES = ("plain", "pattern")
+
+
+def check_scene_choices(*, layout: str | None = None, object_texture: str | None = None,
+                        object_scale: float | None = None) -> None:
+    """ValueError naming the parameter unless each given layout, object texture and object scale is one the
+    generator knows (None: not checked here; the generator checks its layout argument and its options apart)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if object_texture is not None and object_texture not in OBJECT_TEXTURES:
+        raise ValueError(f"object_texture must be one of {OBJECT_TEXTURES}, got {object_texture!r}")
+    if object_scale is not None and not 0.25 <= object_scale <= 3.0:
+        raise ValueError(f"object_scale must be in [0.25, 3], got {object_scale}")
 
 
 @dataclass(frozen=True)
@@ -63,13 +79,7 @@ class DataCfg:
     object_scale: float = 1.4
 
     def __post_init__(self) -> None:
-        if not 0.25 <= self.object_scale <= 3.0:
-            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
-        layouts = ("prior", "prior_strip", "prior_class_surround", "uniform")
-        if self.layout not in layouts:
-            raise ValueError(f"layout must be one of {layouts}, got {self.layout!r}")
-        if self.object_texture not in ("plain", "pattern"):
-            raise ValueError(f"object_texture must be 'plain' or 'pattern', got {self.object_texture!r}")
+        check_scene_choices(layout=self.layout, object_texture=self.object_texture, object_scale=self.object_scale)
         if not 0.0 <= self.cooccurrence <= 1.0:
             raise ValueError(f"cooccurrence must be in [0, 1], got {self.cooccurrence}")
         for f in ("num_train", "num_val", "image_size"):

@@ -65,7 +65,8 @@ class CamLocalisation:
         total = cams.sum(dim=(2, 3))
         use = (labels > 0) & (total > 0) & (obj.sum(dim=(2, 3)) > 0)
         inside = (cams * obj).sum(dim=(2, 3)) / total.clamp_min(1e-12)
-        peak = obj.flatten(2).gather(2, cams.flatten(2).argmax(2, keepdim=True))[..., 0]
+        arg = cams.flatten(2).argmax(2, keepdim=True)  # (B, C, 1): each CAM's peak pixel
+        peak = obj.flatten(2).gather(2, arg)[..., 0]
         self.mass_in += float(inside[use].sum())
         self.pixel_share += float((obj.sum(dim=(2, 3)) / valid)[use].sum())
         self.peak_hits += float(peak[use].sum())
@@ -76,7 +77,7 @@ class CamLocalisation:
         rows = torch.arange(h, device=obj.device, dtype=torch.float64).view(1, 1, h)
         obj_rows = obj.double().sum(3)  # (B, C, H): object pixels per row
         centre = (obj_rows * rows).sum(2) / obj_rows.sum(2).clamp_min(1)
-        peak_row = (cams.flatten(2).argmax(2) // cams.shape[3]).double()
+        peak_row = (arg[..., 0] // cams.shape[3]).double()
         self.offset_sums += (((peak_row - centre) / h).cpu() * u).sum(0)
 
     def compute(self) -> dict[str, float]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..config import check_scene_choices
 from ._textures import CLASSES, DISTRACTOR_CONTEXTS
 
-OBJECT_TEXTURES = ("plain", "pattern")
 # options left out of a sample's stream seed: appearance (the same draws) and the objects' scale (the same seed;
 # see ``object_scale``), so that adding them changed no earlier image
 _SAME_DRAWS = ("object_texture", "pattern_strength", "object_scale")
@@ -52,10 +52,7 @@ class SceneOptions:
     object_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0.25 <= self.object_scale <= 3.0:
-            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
-        if self.object_texture not in OBJECT_TEXTURES:
-            raise ValueError(f"object_texture must be one of {OBJECT_TEXTURES}, got {self.object_texture!r}")
+        check_scene_choices(object_texture=self.object_texture, object_scale=self.object_scale)
         if not 0.0 <= self.pattern_strength <= 1.0:
             raise ValueError(f"pattern_strength must be in [0, 1], got {self.pattern_strength}")
         if not 1 <= self.num_classes <= len(CLASSES):

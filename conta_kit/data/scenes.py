@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import check_scene_choices
 from ._layout import (
     CLASS_PRIORS,
     CONTEXT_KINDS,
@@ -55,7 +56,6 @@ SPLITS = ("train", "val", "shifted", "ood")
 #: the object's class: that layout is now ``"prior_class_surround"``); a run without it cannot be resumed on "prior".
 SCENES_VERSION = 2
 OOD_KINDS = ("hard", "random")
-LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
 _SPLIT_CODE = {"train": 0, "val": 1, "shifted": 2, ("ood", "hard"): 3, ("ood", "random"): 4}
 DEFAULT_NUM_IMAGES = {"train": 2000, "val": 500, "shifted": 500, "ood": 500}
 
@@ -101,8 +101,7 @@ class ConfoundedScenes(Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if ood_kind not in OOD_KINDS:
             raise ValueError(f"ood_kind must be one of {OOD_KINDS}, got {ood_kind!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        check_scene_choices(layout=layout)
         if not isinstance(stream, int) or stream < 0:
             raise ValueError(f"stream must be an int >= 0, got {stream!r}")
         if not 0.0 <= float(cooccurrence) <= 1.0:
@@ -295,8 +294,6 @@ class ConfoundedScenes(Dataset):
         np.copyto(image[:, ys:ye, xs:xe], colour[:, None, None] * shade[None], where=inside[None])
         mask[ys:ye, xs:xe][inside] = c + 1
         ctx[ys:ye, xs:xe][inside] = -1
-
-
 
 
 def _ignore_band(mask: np.ndarray, width: int) -> None:
