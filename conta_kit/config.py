@@ -343,6 +343,9 @@ class RunCfg:
             raise ValueError(f"data_source must be 'scenes', 'voc' or 'coco', got {self.data_source!r}")
         if self.data_source != "scenes" and not self.data_root:
             raise ValueError(f"data_source={self.data_source!r} needs data_root (the dataset folder)")
+        if self.baseline.aug_shift >= self.data.image_size:  # every image would leave the frame
+            raise ValueError(f"aug_shift ({self.baseline.aug_shift}) must be smaller than image_size "
+                             f"({self.data.image_size})")
         if self.wood.finetune == "wood" and self.data_source != "scenes":
             raise ValueError(f"finetune='wood' needs background-only images, which only the embedded benchmark "
                              f"provides; data_source={self.data_source!r} supports finetune 'off' or 'plain'")

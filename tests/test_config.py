@@ -129,3 +129,9 @@ def test_a_run_made_with_an_earlier_default_recipe_is_not_resumed_and_old_config
     err = capsys.readouterr().err
     assert "would mix two recipes" in err and "-p object_texture plain" in err and "-p aug_shift 0" in err
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_shift_as_large_as_the_image_is_refused():
+    with pytest.raises(ValueError, match=r"aug_shift \(64\) must be smaller than image_size \(64\)"):
+        RunCfg.from_params("smoke", aug_shift=64)
+    assert RunCfg.from_params("smoke", aug_shift=63).baseline.aug_shift == 63
