@@ -114,22 +114,18 @@ def _check_same_recipe(folder: Path, params: dict[str, Any]) -> None:
     overrides that reproduce the recorded ones."""
     from dataclasses import fields as dc_fields
 
-    from .config import with_added_fields
+    from .config import setting_differences, with_added_fields
 
     recorded = params.get("resolved")
     if not isinstance(recorded, dict):
         return
-    recorded = with_added_fields(recorded)
     base = RunCfg()
     known = {f.name for sub in (base.data, base.baseline, base.conta, base.wood) for f in dc_fields(sub)}
     today = RunCfg.from_params(preset=params["preset"],
                                **{k: v for k, v in params["overrides"].items() if k in known}).to_dict()
-    differ = []
-    for section in ("data", "baseline", "conta", "wood"):
-        for name, value in json.loads(json.dumps(to_jsonable(today[section]))).items():
-            theirs = recorded.get(section, {}).get(name, value)
-            if value != theirs:
-                differ.append((name, theirs, value))
+    sections = ("data", "baseline", "conta", "wood")
+    differ = [(path.split(".")[-1], theirs, value) for path, theirs, value in setting_differences(
+        json.loads(json.dumps(to_jsonable({k: today[k] for k in sections}))), with_added_fields(recorded))]
     if differ:
         said = "; ".join(f"{n}: {t!r} recorded, {v!r} today" for n, t, v in differ)
         fix = " ".join(f"-p {n} {' '.join(map(str, t)) if isinstance(t, list) else t}" for n, t, _ in differ)

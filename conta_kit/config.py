@@ -452,6 +452,21 @@ def with_added_fields(resolved: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def setting_differences(ours: dict[str, Any], theirs: dict[str, Any],
+                        prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``[(path, theirs, ours)]`` where two settings dicts (``RunCfg.to_dict()`` as JSON) differ, nested sections
+    as dotted paths ("data.layout"); a field ``theirs`` lacks (added to the kit since) is skipped."""
+    out: list[tuple[str, Any, Any]] = []
+    for k, v in ours.items():
+        if k not in theirs:
+            continue
+        if isinstance(v, dict) and isinstance(theirs[k], dict):
+            out += setting_differences(v, theirs[k], f"{prefix}{k}.")
+        elif v != theirs[k]:
+            out.append((f"{prefix}{k}", theirs[k], v))
+    return out
+
+
 def check_type(name: str, value: Any, hint: Any) -> Any:
     """``value`` if it fits the type ``hint`` (int, float, bool, str, tuples of floats, ``X | None``), else a
     ValueError naming ``name``; ints are accepted for floats and lists for tuples (returned converted)."""

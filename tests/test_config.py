@@ -135,3 +135,14 @@ def test_a_shift_as_large_as_the_image_is_refused():
     with pytest.raises(ValueError, match=r"aug_shift \(64\) must be smaller than image_size \(64\)"):
         RunCfg.from_params("smoke", aug_shift=64)
     assert RunCfg.from_params("smoke", aug_shift=63).baseline.aug_shift == 63
+
+
+def test_setting_differences_names_nested_paths_and_skips_fields_the_record_lacks():
+    from conta_kit.config import setting_differences
+
+    today = RunCfg.from_params("smoke").to_dict()
+    recorded = RunCfg.from_params("smoke", layout="prior", cls_epochs=5).to_dict()
+    del recorded["baseline"]["aug_shift"]  # recorded before the field existed: not a difference
+    assert setting_differences(today, recorded) == [("data.layout", "prior", "prior_strip"),
+                                                    ("baseline.cls_epochs", 5, 3)]
+    assert setting_differences(today, today) == []

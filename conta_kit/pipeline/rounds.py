@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..config import RunCfg, WOoDConfig, resolve_device, with_added_fields
+from ..config import RunCfg, WOoDConfig, resolve_device, setting_differences, with_added_fields
 from ..data.splits import load_splits, oracle_train
 from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, load_torch, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
@@ -40,19 +40,6 @@ def _round0_key(cfg: RunCfg) -> dict[str, Any]:
     return {k: d[k] for k in ("seed", "data_source", "data_root", "data", "baseline", "wood")}
 
 
-def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
-    """Paths where two settings dicts differ; a field ``theirs`` lacks (added to the kit since) is skipped."""
-    out = []
-    for k, v in ours.items():
-        if k not in theirs:
-            continue
-        if isinstance(v, dict) and isinstance(theirs[k], dict):
-            out += _differences(v, theirs[k], f"{prefix}{k}.")
-        elif v != theirs[k]:
-            out.append(f"{prefix}{k}: {theirs[k]!r} there, {v!r} here")
-    return out
-
-
 def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
     """Raise unless ``src_round`` is a finished round 0 made with ``cfg``'s seed, data and baseline settings
     (as recorded in ``params``)."""
@@ -63,7 +50,8 @@ def _check_round0(cfg: RunCfg, src_round: Path, params: Path) -> None:
         raise ValueError(f"{params} does not record the settings round 0 in {src_round} was made with")
     theirs = {**with_added_fields(theirs), "wood": {**WOoDConfig().__dict__, **theirs.get("wood", {})}}  # made
     # before W-OoD: off; made before the fields of ADDED_FIELDS: what the kit did then
-    differ = _differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)
+    differ = [f"{path}: {t!r} there, {o!r} here"
+              for path, t, o in setting_differences(json.loads(json.dumps(to_jsonable(_round0_key(cfg)))), theirs)]
     if differ:
         raise ValueError(f"round 0 in {src_round} was made with other settings than this run: {differ} "
                          f"(see {params})")
