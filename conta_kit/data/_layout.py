@@ -56,6 +56,14 @@ def place_prior(rng: np.random.Generator, s: int, prior: tuple[tuple[float, floa
     return int(round(cy - h / 2)), int(round(cx - w / 2)), h, w
 
 
+KINDS = ("around", "below", "behind")  # the values of CONTEXT_KINDS
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"context kind must be one of {KINDS}, got {kind!r}")
+
+
 def context_box(rng: np.random.Generator, s: int, kind: str, y0: int, x0: int, h: int, w: int, x0s: int,
                 x1s: int) -> tuple[int, int, int, int]:
     """Where a class's context lies, (y0, y1, x0, x1) clipped to the object's strip: ``"around"`` a flyer, a
@@ -72,7 +80,7 @@ def context_box(rng: np.random.Generator, s: int, kind: str, y0: int, x0: int, h
         mx = int(rng.uniform(0.6, 1.0) * w) + 2
         box = (y0 - int(rng.uniform(0.15, 0.35) * h), y0 + h, x0 - mx, x0 + w + mx)
     else:
-        raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
+        _check_kind(kind)
     return max(box[0], 0), min(box[1], s), max(box[2], x0s, 0), min(box[3], x1s, s)
 
 
@@ -93,7 +101,7 @@ def context_box_fixed_draws(rng: np.random.Generator, s: int, kind: str, y0: int
         mx = int((0.6 + 0.4 * u) * w) + 2
         box = (y0 - int((0.15 + 0.2 * v) * h), y0 + h, x0 - mx, x0 + w + mx)
     else:
-        raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
+        _check_kind(kind)
     return max(box[0], 0), min(box[1], s), max(box[2], x0s, 0), min(box[3], x1s, s)
 
 
@@ -106,7 +114,6 @@ def strip_context_box(rng: np.random.Generator, s: int, kind: str, y0: int, x0: 
     trained there put the aeroplane CAM on the band under the plane.) Draws two numbers, as
     :func:`context_box_fixed_draws`, so the objects are those of "prior"; (y0, y1, x0, x1)."""
     u, _ = rng.random(2)
-    if kind not in ("around", "below", "behind"):
-        raise ValueError(f"context kind must be 'around', 'below' or 'behind', got {kind!r}")
+    _check_kind(kind)
     top = int((0.45 + 0.3 * u) * s) if kind == "below" else 0
     return top, s, max(x0s, 0), min(x1s, s)

@@ -132,12 +132,11 @@ def patch_shape_information(dataset: ConfoundedScenes, max_images: int | None = 
     ``extent_information_bits``: the same with the patch's kind *and* the quarter of the image its top edge
     lies in: where the patch's extent follows the object's box (``"prior"``), a ground band starting at a
     flyer's height still tells the class at chance; in ``"prior_strip"`` it does not."""
-    from ._layout import CLASS_PRIORS, CONTEXT_KINDS
+    from ._layout import CLASS_PRIORS, CONTEXT_KINDS, KINDS
 
-    kinds = ("around", "below", "behind")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    table = torch.zeros(dataset.num_classes, len(kinds), dtype=torch.float64)
-    extent = torch.zeros(dataset.num_classes, len(kinds) * 4, dtype=torch.float64)
+    table = torch.zeros(dataset.num_classes, len(KINDS), dtype=torch.float64)
+    extent = torch.zeros(dataset.num_classes, len(KINDS) * 4, dtype=torch.float64)
     s = dataset.image_size
     for i in range(n):
         for o in dataset.render(i)[3]:
@@ -147,9 +146,9 @@ def patch_shape_information(dataset: ConfoundedScenes, max_images: int | None = 
                 kind = CONTEXT_KINDS[dataset.context_names[o["context"]]]
             else:  # the class's shape ("prior_class_surround"); the uniform layout's rectangle is "around"
                 kind = CLASS_PRIORS[dataset.class_names[o["class"]]][2] if dataset.layout != "uniform" else "around"
-            table[o["class"], kinds.index(kind)] += 1
+            table[o["class"], KINDS.index(kind)] += 1
             quarter = min(4 * o["surround"][0] // s, 3)
-            extent[o["class"], 4 * kinds.index(kind) + quarter] += 1
-    return {"mutual_information_bits": _mutual_information(table), "kinds": list(kinds),
+            extent[o["class"], 4 * KINDS.index(kind) + quarter] += 1
+    return {"mutual_information_bits": _mutual_information(table), "kinds": list(KINDS),
             "extent_information_bits": _mutual_information(extent), "num_objects": int(table.sum()),
             "kind_given_class": (table / table.sum(1, keepdim=True).clamp_min(1)).tolist(), "rho": dataset.rho}
