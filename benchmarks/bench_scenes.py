@@ -1,6 +1,6 @@
 """Throughput of the confounded-scenes generator on one CPU core; prints JSON.
 
-    .venv/bin/python benchmarks/bench_scenes.py [--images 4000] [--size 96]
+    .venv/bin/python benchmarks/bench_scenes.py [--images 4000] [--size 96] [--out results.json]
 
 Measures, in one process pinned to one thread, full dataset items (``ds[i]``: render + tensors + labels)
 and bare rendering (``ds.render(i)``), each over fresh indices, best of three repeats, for the default
@@ -11,12 +11,11 @@ earlier one (layout "prior", plain objects). Target from the foundation issue: >
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import torch
+from _common import emit, environment
 
 from conta_kit.config import DataCfg
 from conta_kit.data import ConfoundedScenes
@@ -35,6 +34,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args()
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
@@ -50,12 +50,9 @@ def main() -> None:
         render = max(_rate(ds.render, a.images, a.images * (2 * r + 2)) for r in range(a.repeats))
         out[name] = {"options": kw, "items_per_s": round(items, 1), "render_per_s": round(render, 1),
                      "items_vs_target": round(items / 2000, 2)}
-    print(json.dumps({
-        "benchmark": "confounded_scenes_generation",
-        "image_size": a.size, "images_per_repeat": a.images, "repeats": a.repeats, "threads": 1,
-        **out, "target_items_per_s": 2000, "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-    }, indent=2))
+    emit({"benchmark": "confounded_scenes_generation", "environment": environment(torch.device("cpu")),
+          "image_size": a.size, "images_per_repeat": a.images, "repeats": a.repeats, "threads": 1,
+          **out, "target_items_per_s": 2000}, a.out)
 
 
 if __name__ == "__main__":
