@@ -155,16 +155,18 @@ def test_fewer_classes():
     assert np.isnan(scene_statistics(ds, progress=False)["rider_rate"])
 
 
-def test_speed_script_prints_its_figure():
+def test_speed_script_prints_its_figure_and_writes_it(tmp_path):
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scenes.py"
-    out = subprocess.run([sys.executable, str(script), "--images", "40", "--repeats", "1", "--size", "48"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, str(script), "--images", "40", "--repeats", "1", "--size", "48",
+                          "--out", str(tmp_path / "scenes.json")], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
+    assert json.loads((tmp_path / "scenes.json").read_text()) == result
+    assert result["environment"]["threads"] >= 1
     assert result["image_size"] == 48 and result["threads"] == 1
     assert result["default"]["items_per_s"] > 0 and result["earlier"]["items_per_s"] > 0
     assert result["default"]["options"]["layout"] == "prior_strip" and result["earlier"]["options"]["layout"] == "prior"
