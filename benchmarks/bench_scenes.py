@@ -4,7 +4,7 @@
 
 Measures, in one process pinned to one thread, full dataset items (``ds[i]``: render + tensors + labels)
 and bare rendering (``ds.render(i)``), each over fresh indices, best of three repeats, for the default
-recipe's generator (``DataCfg()``: strip layout, patterned objects, scale 1.4) and, side by side, the
+recipe's generator (``DataCfg()``: strip layout, patterned objects) and, side by side, the
 earlier one (layout "prior", plain objects). Target from the foundation issue: >= 2,000 96x96 images/s.
 """
 

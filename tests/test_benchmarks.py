@@ -134,9 +134,12 @@ def test_recipe_ladder_starts_from_the_earlier_recipe_and_ends_at_the_preset():
     from conta_kit.config import RunCfg
 
     for preset in ("default", "smoke"):
-        cfgs = [RunCfg.from_params(preset, **params).to_dict() for _, params in recipes(preset)]
+        steps = recipes(preset)
+        assert [n for n, _ in steps] == ["prior", "+strip", "+pattern", "+shift", "+scale"]
+        cfgs = [RunCfg.from_params(preset, **params).to_dict() for _, params in steps]
         assert all(a != b for a, b in zip(cfgs, cfgs[1:]))  # every step changes the recipe
-        assert cfgs[-1] == RunCfg.preset_cfg(preset).to_dict()  # and the last is the preset itself
+        assert cfgs[3] == RunCfg.preset_cfg(preset).to_dict()  # the ladder ends at the preset itself
+        assert cfgs[4]["data"]["object_scale"] == 1.4 and steps[4][1] == {**steps[3][1], "object_scale": 1.4}
         assert cfgs[0]["data"]["layout"] == "prior" and cfgs[0]["baseline"]["aug_shift"] == 0
 
 

@@ -7,8 +7,8 @@ other contexts. A horse may carry a rider (a person that overlaps it) at ``rider
 the context patches is a neutral backdrop.
 
 Four layouts (the generator's own defaults are ``layout="prior"``, plain objects at the class table's sizes, as
-when it was written; the kit's ``default`` preset, :class:`~conta_kit.config.DataCfg`, uses ``"prior_strip"``,
-patterned objects and ``object_scale=1.4``). ``layout="prior"``: each class has its own size, aspect and
+when it was written; the kit's ``default`` preset, :class:`~conta_kit.config.DataCfg`, uses ``"prior_strip"``
+and patterned objects). ``layout="prior"``: each class has its own size, aspect and
 vertical band, as in photos (``CLASS_PRIORS``: flyers small and high, people tall, cars and trains low and
 wide), and a context patch lies where that context lies in photos (``CONTEXT_KINDS``): sky, trees and fog around
 the object, every ground (water, road, grass, sand, rail, floor) in a band under it, a wall behind it. A paired
