@@ -44,13 +44,16 @@ def test_summarize_mean_and_sample_std():
 
 
 @pytest.mark.slow
-def test_conta_rounds_artifacts_and_resume(tmp_path):
+def test_conta_rounds_artifacts_and_resume(tmp_path, caplog):
     # the arms in the same process: with them in a second one, whether they still run when a round trains decides
     # that round's thread count (and so its float rounding), which a rerun need not repeat
     cfg = RunCfg.from_params(preset="smoke", rounds=1, parallel_arms=False)
     run = Run.create("conta", tmp_path)
-    rounds = run_conta(cfg, run, progress=False)
+    with caplog.at_level("INFO", logger="conta_kit.pipeline.round"):
+        rounds = run_conta(cfg, run, progress=False)
     assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["adjusted"] and not rounds[0]["adjusted"]
+    said = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().endswith(" s")]
+    assert said == ["round 0", "round 1", "oracle", "conta_gt"]  # each arm's summary line names it
     r0, r1 = run.path / "round_0", run.path / "round_1"
     cs = ConfounderSet.load(r0 / "confounders.pt", num_prototypes=8)
     x_m = torch.load(r0 / "x_m.pt", weights_only=True)

@@ -236,7 +236,8 @@ def run_round(cfg: RunCfg, rnd: RoundLayout, splits: dict[str, Dataset], *, prog
         **extra,
         "timing": timing, "device": str(device), "num_train": len(train), "num_val": len(splits["val"]),
     }
-    log.info("round %d: seed %.3f (best %.3f) pseudo %.3f seg %.3f in %.0f s", round_index, seed["miou_fixed"],
+    arm = rnd.path.name if rnd.path.name in ("oracle", "conta_gt") else f"round {round_index}"
+    log.info("%s: seed %.3f (best %.3f) pseudo %.3f seg %.3f in %.0f s", arm, seed["miou_fixed"],
              seed["miou_best"], metrics["pseudo"]["miou"], seg_val["miou"], timing["total_s"])
     return metrics
 
