@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any
 
-from _common import emit, environment
+from _common import emit, environment, overrides_from
 
 #: the earlier recipe: the ladder's first step
 EARLIER: dict[str, Any] = {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
@@ -47,6 +47,7 @@ LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("+pattern", ("object_texture",)),
     ("+shift", ("aug_shift",)),
 )
+LADDER_END = len(LADDER) - 1  # the preset's own step in recipes()
 #: steps beyond the preset: (name, overrides added to the preset's own recipe)
 BEYOND: tuple[tuple[str, dict[str, Any]], ...] = (("+scale", {"object_scale": 1.4}),)
 
@@ -175,6 +176,9 @@ def main() -> None:
     ap.add_argument("--rho", type=float, default=0.5, help="the baseline's confounding (default 0.5)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time, one thread each (default 2)")
     ap.add_argument("--only", nargs="+", default=None, help="recipe names to run (default: the whole ladder)")
+    ap.add_argument("--also", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more step beyond the preset: these flat overrides added to its recipe (repeatable; "
+                         "e.g. --also aug_shift=30)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--markdown", default=None, metavar="JSON", help="print the tables of a result file instead")
     ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's recipe-health block")
@@ -196,7 +200,23 @@ def main() -> None:
         return
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
-    names = [n for n, _ in LADDER] + [n for n, _ in BEYOND]
+    if args.preset not in ("smoke", "default", "bench", "gpu"):
+        raise SystemExit(f"--preset must be one of smoke, default, bench, gpu; got {args.preset!r}")
+    from conta_kit.config import RunCfg
+
+    steps = recipes(args.preset)
+    for group in args.also:
+        pairs = [kv.split("=", 1) for kv in group]
+        if any(len(p) != 2 or not p[0] for p in pairs):
+            raise SystemExit(f"--also takes KEY=VALUE overrides, got {' '.join(group)!r}")
+        extra = overrides_from(pairs)
+        params = {**steps[LADDER_END][1], **extra}
+        try:
+            RunCfg.from_params(args.preset, **params)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"--also {' '.join(group)}: {e}") from None
+        steps.append(("+" + ",".join(f"{k}={v}" for k, v in extra.items()), params))
+    names = [n for n, _ in steps]
     if args.update and not args.markdown:
         raise SystemExit("--update needs --markdown RESULT.json")
     if not 0.0 <= args.rho <= 1.0:
@@ -204,9 +224,7 @@ def main() -> None:
     unknown = sorted(set(args.only or []) - set(names))
     if unknown:
         raise SystemExit(f"--only: unknown recipe(s) {unknown}; known: {names}")
-    if args.preset not in ("smoke", "default", "bench", "gpu"):
-        raise SystemExit(f"--preset must be one of smoke, default, bench, gpu; got {args.preset!r}")
-    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in recipes(args.preset)
+    jobs = [(name, params, arm, seed, args.rho, args.preset) for name, params in steps
             if not args.only or name in args.only for seed in args.seeds for arm in ("baseline", "oracle")]
     import torch
 
@@ -220,7 +238,7 @@ def main() -> None:
                                                     "cam_peak_on_object")}), flush=True)
     emit({"benchmark": "recipe_health", "environment": env, "geometry": geometry(args.rho), "preset": args.preset,
           "rho": args.rho, "seeds": args.seeds,
-          "ladder": [{"name": n, "params": p} for n, p in recipes(args.preset)], "rows": rows,
+          "ladder": [{"name": n, "params": p} for n, p in steps], "rows": rows,
           "wall_s": round(time.perf_counter() - t0, 1)}, args.out)
 
 
