@@ -47,15 +47,15 @@ LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("+pattern", ("object_texture",)),
     ("+shift", ("aug_shift",)),
 )
-LADDER_END = len(LADDER) - 1  # the preset's own step in recipes()
 #: steps beyond the preset: (name, overrides added to the preset's own recipe)
 BEYOND: tuple[tuple[str, dict[str, Any]], ...] = (("+scale", {"object_scale": 1.4}),)
 
 
-def recipes(preset: str = "default") -> list[tuple[str, dict[str, Any]]]:
+def recipes(preset: str = "default",
+            also: tuple[tuple[str, dict[str, Any]], ...] = ()) -> list[tuple[str, dict[str, Any]]]:
     """The ladder's cumulative overrides of ``preset``: [(name, params)], the first the earlier recipe, each
     later one the one before with its fields set to the preset's values (the last: the preset itself), then the
-    steps of :data:`BEYOND`, each added to the preset's recipe."""
+    steps of :data:`BEYOND` and ``also`` ((name, overrides), from ``--also``), each added to the preset's recipe."""
     from conta_kit.config import RunCfg
 
     cfg = RunCfg.preset_cfg(preset)
@@ -65,7 +65,7 @@ def recipes(preset: str = "default") -> list[tuple[str, dict[str, Any]]]:
     for name, fields in LADDER:
         params = {**params, **{f: value[f] for f in fields}}
         out.append((name, dict(params)))
-    return out + [(name, {**params, **extra}) for name, extra in BEYOND]
+    return out + [(name, {**params, **extra}) for name, extra in (*BEYOND, *also)]
 
 
 def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, Any]:
@@ -204,18 +204,19 @@ def main() -> None:
         raise SystemExit(f"--preset must be one of smoke, default, bench, gpu; got {args.preset!r}")
     from conta_kit.config import RunCfg
 
-    steps = recipes(args.preset)
+    also = []
     for group in args.also:
         pairs = [kv.split("=", 1) for kv in group]
         if any(len(p) != 2 or not p[0] for p in pairs):
             raise SystemExit(f"--also takes KEY=VALUE overrides, got {' '.join(group)!r}")
         extra = overrides_from(pairs)
-        params = {**steps[LADDER_END][1], **extra}
+        also.append(("+" + ",".join(f"{k}={v}" for k, v in extra.items()), extra))
+    steps = recipes(args.preset, tuple(also))
+    for group, (_, params) in zip(args.also, steps[len(steps) - len(also):]):
         try:
             RunCfg.from_params(args.preset, **params)
         except (ValueError, TypeError) as e:
             raise SystemExit(f"--also {' '.join(group)}: {e}") from None
-        steps.append(("+" + ",".join(f"{k}={v}" for k, v in extra.items()), params))
     names = [n for n, _ in steps]
     if args.update and not args.markdown:
         raise SystemExit("--update needs --markdown RESULT.json")
