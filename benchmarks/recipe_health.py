@@ -73,7 +73,7 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
     import torch
 
     from conta_kit.config import RunCfg
-    from conta_kit.data.splits import oracle_train, scene_splits
+    from conta_kit.data.splits import classifier_stream, oracle_train, scene_splits
     from conta_kit.layout import RoundLayout
     from conta_kit.methods.conta.steps import feature_grid
     from conta_kit.pipeline.evaluate import evaluate_cams
@@ -84,8 +84,9 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
     cfg = RunCfg.from_params(preset, seed=seed, cooccurrence=rho, **params)
     splits = scene_splits(cfg.data, seed=seed, splits=("train", "val"))
     data = dict(splits)
-    if arm == "oracle":
-        data["classifier_train"] = oracle_train(cfg)
+    stream = oracle_train(cfg) if arm == "oracle" else classifier_stream(cfg)  # as the pipeline's round 0
+    if stream is not None:
+        data["classifier_train"] = stream
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -106,7 +107,8 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "cam_mass_in_object": loc["cam_mass_in_object"], "object_pixel_share": loc["object_pixel_share"],
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
             "cam_peak_offset_y_per_class": loc["cam_peak_offset_y_per_class"],
-            "classes": list(splits["val"].class_names), "classifier_s": round(train_s, 1)}
+            "classes": list(splits["val"].class_names),
+            "classifier_images": len(data.get("classifier_train", data["train"])), "classifier_s": round(train_s, 1)}
 
 
 def table(result: dict[str, Any]) -> str:

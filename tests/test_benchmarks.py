@@ -155,14 +155,19 @@ def test_recipe_ladder_refuses_a_bad_extra_step_before_any_work(tmp_path):
 
 def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path):
     out = tmp_path / "recipe.json"
-    res = _script("recipe_health.py", "--preset", "smoke", "--only", "prior", "+strip", "+aug_shift=5", "--jobs", "1",
-                  "--also", "aug_shift=5", out=out)
+    res = _script("recipe_health.py", "--preset", "smoke", "--only", "prior", "+strip", "+aug_shift=5",
+                  "+classifier_images=120", "--jobs", "1", "--also", "aug_shift=5", "--also", "classifier_images=120",
+                  out=out)
     rows = res["rows"]
     assert [(r["recipe"], r["arm"]) for r in rows] == [("prior", "baseline"), ("prior", "oracle"),
                                                      ("+strip", "baseline"), ("+strip", "oracle"),
-                                                     ("+aug_shift=5", "baseline"), ("+aug_shift=5", "oracle")]
+                                                     ("+aug_shift=5", "baseline"), ("+aug_shift=5", "oracle"),
+                                                     ("+classifier_images=120", "baseline"),
+                                                     ("+classifier_images=120", "oracle")]
     preset = res["ladder"][3]["params"]  # the ladder's last step: the preset itself
     assert rows[4]["params"] == {**preset, "aug_shift": 5}
+    # both arms train on the images the pipeline's round 0 would: 120 streamed where asked, the 96 of train else
+    assert [r["classifier_images"] for r in rows] == [96] * 6 + [120] * 2
     assert rows[0]["params"] == {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
     assert rows[2]["params"] == {**rows[0]["params"], "layout": "prior_strip"}
     assert rows[1]["train_rho"] == pytest.approx(0.1)

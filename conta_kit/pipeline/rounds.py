@@ -29,7 +29,7 @@ from ..data.splits import load_splits, oracle_train
 from ..io import RoundLayout, Run, RunLayout, atomic_torch_save, load_torch, read_json, to_jsonable, write_json
 from ..methods.conta import ConfounderSet
 from ..methods.conta.steps import build_next_round, build_round_classifier, feature_grid, ground_truth_ingredients
-from ..models import build_classifier, build_segmenter, load_checkpoint
+from ..models import build_segmenter, load_checkpoint
 from .round import run_round
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def reuse_round0(cfg: RunCfg, run: Run, source: str | Path, splits: dict[str, An
     seg = build_segmenter(b.segmenter, splits["train"].num_classes)
     staged = RoundLayout(tmp)
     load_checkpoint(seg, staged.checkpoint("segmenter"))
-    grid = feature_grid(build_classifier(b.backbone, splits["train"].num_classes), cfg)
+    grid = feature_grid(build_round_classifier(cfg, splits["train"].num_classes, load_pretrained=False), cfg)
     build_next_round(cfg, seg.to(device), splits, staged, device, progress, grid=grid)
     shutil.copy2(RoundLayout(src_round).metrics, staged.metrics)
     tmp.rename(dst)

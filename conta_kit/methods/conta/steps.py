@@ -27,7 +27,7 @@ def build_round_classifier(cfg: RunCfg, num_classes: int, confounders: Confounde
     :class:`ContaClassifier` with ``cfg.conta``'s adjustment and fusion point.
     ``load_pretrained=False`` skips ``cfg.baseline.pretrained`` (when a checkpoint is loaded next)."""
     b, c = cfg.baseline, cfg.conta
-    model: torch.nn.Module = build_classifier(b.backbone, num_classes, width=b.cls_width,
+    model: torch.nn.Module = build_classifier(b.backbone, num_classes, width=b.cls_width, output_stride=b.output_stride,
                                               pretrained=b.pretrained if load_pretrained else None)
     if confounders is not None:
         if c.shuffle_prototypes:
