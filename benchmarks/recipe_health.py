@@ -3,7 +3,8 @@ one before, round 0's classifier trained on the baseline's images (at ``--rho``)
 chance), scored on **val** only (this chooses the recipe; the README's seed scores are on train); prints JSON.
 
     .venv/bin/python benchmarks/recipe_health.py [--seeds 0] [--rho 0.5] [--jobs 2] [--out results.json]
-    .venv/bin/python benchmarks/recipe_health.py --markdown results.json [--update docs/benchmark_health.md]
+    .venv/bin/python benchmarks/recipe_health.py --markdown results.json [more.json ...]
+        [--update docs/benchmark_health.md [--block recipe-health]] [--no-geometry]
 
 Per (recipe, arm, seed): seed mIoU at the best threshold of the grid on val, the resolution ceiling (ground truth
 average-pooled to the feature grid, same thresholds), their ratio, where the CAM peaks and its mass fall
@@ -111,9 +112,30 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "classifier_images": len(data.get("classifier_train", data["train"])), "classifier_s": round(train_s, 1)}
 
 
-def table(result: dict[str, Any]) -> str:
-    """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score, then each
-    class's share of CAM peaks on its object."""
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several result files as one: their steps in order of first appearance, their rows (a (recipe, arm, seed)
+    in two files must have scored the same: each probe is deterministic per machine), their seconds summed."""
+    if len({(r["preset"], r["rho"], r["environment"]["cpu_model"]) for r in results}) > 1:
+        raise SystemExit("--markdown: the files differ in preset, rho or machine; tabulate them apart")
+    out = {**results[0], "ladder": [], "rows": [], "wall_s": sum(r["wall_s"] for r in results)}
+    seen: dict[tuple[str, str, int], float] = {}
+    for res in results:
+        out["ladder"] += [s for s in res["ladder"] if s["name"] not in {t["name"] for t in out["ladder"]}]
+        for row in res["rows"]:
+            key = (row["recipe"], row["arm"], row["seed"])
+            if key in seen:
+                if seen[key] != row["val_seed_miou"]:
+                    raise SystemExit(f"--markdown: {key} scored {seen[key]} and {row['val_seed_miou']} in two files")
+                continue
+            seen[key] = row["val_seed_miou"]
+            out["rows"].append(row)
+    return out
+
+
+def table(result: dict[str, Any], with_geometry: bool = True) -> str:
+    """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score and the val
+    seed mIoU minus the preset's (the ladder's last step), paired by seed, then each class's share of CAM peaks
+    on its object and how far below the object they fall."""
     from conta_kit.summary import markdown_table, mean_std
 
     def cell(values: list[float | None]) -> str:
@@ -125,6 +147,7 @@ def table(result: dict[str, Any]) -> str:
 
     rows, peaks, offsets = [], [], []
     names = [r["name"] for r in result["ladder"]]
+    preset = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == LADDER[-1][0]}
     classes = result["rows"][0]["classes"] if result["rows"] else []
     for name in names:
         for arm in ("baseline", "oracle"):
@@ -134,7 +157,9 @@ def table(result: dict[str, Any]) -> str:
             label = f"rho {got[0]['rho']:g}" if arm == "baseline" else f"oracle (rho {got[0]['train_rho']:.2g})"
             rows.append([name, label, str(len(got)), *(cell([r[k] for r in got]) for k in (
                 "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_mass_in_object",
-                "object_pixel_share")), f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
+                "object_pixel_share")),
+                cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
+                if name != LADDER[-1][0] else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
             peaks.append([name, label, *(cell(v) for v in per)])
             off = [[r["cam_peak_offset_y_per_class"][k] for r in got] for k in range(len(classes))]
@@ -144,14 +169,17 @@ def table(result: dict[str, Any]) -> str:
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
                           for g in result.get("geometry", [])])
     head = ["recipe", "classifier trained at", "seeds", "val seed mIoU", "val ceiling", "share of ceiling",
-            "CAM peak on object", "CAM mass in object", "object pixel share", "classifier s"]
-    return (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
+            "CAM peak on object", "CAM mass in object", "object pixel share",
+            f"val seed mIoU minus {LADDER[-1][0]}'s, paired by seed", "classifier s"]
+    text = (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
             + "\nHow far below its object's mean row the CAM peaks, per class (fraction of the image height; "
               "negative: above):\n\n" + markdown_table(["recipe", "classifier trained at", *classes], offsets)
-            + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n"
-            + "\nWhat a context's geometry tells about the class (mutual information with the class, 1,500 images at "
-              "32 px; at rho 0.1 the context is drawn at chance, as for the oracle):\n\n" + geo)
+            + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n")
+    if not with_geometry:
+        return text
+    return (text + "\nWhat a context's geometry tells about the class (mutual information with the class, 1,500 "
+            "images at 32 px; at rho 0.1 the context is drawn at chance, as for the oracle):\n\n" + geo)
 
 
 def geometry(rho: float, num_images: int = 1500) -> list[dict[str, Any]]:
@@ -182,22 +210,25 @@ def main() -> None:
                     help="one more step beyond the preset: these flat overrides added to its recipe (repeatable; "
                          "e.g. --also aug_shift=30)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
-    ap.add_argument("--markdown", default=None, metavar="JSON", help="print the tables of a result file instead")
-    ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's recipe-health block")
+    ap.add_argument("--markdown", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of one or more result files (merged) instead")
+    ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's --block")
+    ap.add_argument("--block", default="recipe-health", help="with --update: the block's name (default recipe-health)")
+    ap.add_argument("--no-geometry", action="store_true", help="with --markdown: leave out the context geometry table")
     args = ap.parse_args()
     if args.markdown:
         from pathlib import Path
 
         from conta_kit.report.markdown import update_block
 
-        path = Path(args.markdown)
-        if not path.is_file():
-            raise SystemExit(f"--markdown: {path} not found")
-        text = table(json.loads(path.read_text()))
+        missing = [p for p in args.markdown if not Path(p).is_file()]
+        if missing:
+            raise SystemExit(f"--markdown: {', '.join(missing)} not found")
+        if args.update and not Path(args.update).is_file():
+            raise SystemExit(f"--update: {args.update} not found")
+        text = table(merge([json.loads(Path(p).read_text()) for p in args.markdown]), not args.no_geometry)
         if args.update:
-            if not Path(args.update).is_file():
-                raise SystemExit(f"--update: {args.update} not found")
-            update_block(args.update, "recipe-health", text)
+            update_block(args.update, args.block, text)
         print(text)
         return
     if args.jobs < 1:

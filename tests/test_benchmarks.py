@@ -185,3 +185,20 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()
     assert "old" not in text and f"{rows[2]['val_seed_miou']:.3f}" in text and "oracle (rho 0.1)" in text
+    # several files merge (a step in two files must have scored the same) into another named block
+    doc.write_text("<!-- results:budget -->\nold\n<!-- /results:budget -->\n")
+    other = json.loads(out.read_text())
+    other["rows"] = other["rows"][4:]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
+                           str(tmp_path / "other.json"), "--update", str(doc), "--block", "budget", "--no-geometry"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = doc.read_text()
+    assert "paired by seed" in text and "context's geometry" not in text
+    assert text.count("| +aug_shift=5 |") == 6  # two arms in each of the three tables, once though in two files
+    other["rows"][0]["val_seed_miou"] += 0.1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
+                           str(tmp_path / "other.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "in two files" in proc.stderr
