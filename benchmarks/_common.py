@@ -72,8 +72,11 @@ def emit(result: dict[str, Any], out: str | None) -> None:
 
 
 def overrides_from(pairs: list[list[str]]) -> dict[str, Any]:
-    """``-p KEY VALUE`` pairs as typed overrides: ints, floats, true/false/none, else the string."""
+    """``-p KEY VALUE`` pairs as typed overrides: ints, floats, true/false/none, else the string; a value with
+    commas is a tuple of such values (``cam_scales=1.0,0.5,1.5,2.0``)."""
     def typed(v: str) -> Any:
+        if "," in v:
+            return tuple(typed(x) for x in v.split(",") if x)
         for cast in (int, float):
             try:
                 return cast(v)

@@ -243,7 +243,7 @@ def main() -> None:
         if any(len(p) != 2 or not p[0] for p in pairs):
             raise SystemExit(f"--also takes KEY=VALUE overrides, got {' '.join(group)!r}")
         extra = overrides_from(pairs)
-        also.append(("+" + ",".join(f"{k}={v}" for k, v in extra.items()), extra))
+        also.append(("+" + ",".join(f"{k}={v}" for k, v in dict(pairs).items()), extra))  # named as typed
     steps = recipes(args.preset, tuple(also))
     for group, (_, params) in zip(args.also, steps[len(steps) - len(also):]):
         try:

@@ -156,14 +156,14 @@ def test_recipe_ladder_refuses_a_bad_extra_step_before_any_work(tmp_path):
 def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path):
     out = tmp_path / "recipe.json"
     res = _script("recipe_health.py", "--preset", "smoke", "--only", "prior", "+strip", "+aug_shift=5",
-                  "+classifier_images=120", "--jobs", "1", "--also", "aug_shift=5", "--also", "classifier_images=120",
-                  out=out)
+                  "+classifier_images=120,cam_scales=1.0,0.5", "--jobs", "1", "--also", "aug_shift=5",
+                  "--also", "classifier_images=120", "cam_scales=1.0,0.5", out=out)
     rows = res["rows"]
     assert [(r["recipe"], r["arm"]) for r in rows] == [("prior", "baseline"), ("prior", "oracle"),
                                                      ("+strip", "baseline"), ("+strip", "oracle"),
                                                      ("+aug_shift=5", "baseline"), ("+aug_shift=5", "oracle"),
-                                                     ("+classifier_images=120", "baseline"),
-                                                     ("+classifier_images=120", "oracle")]
+                                                     ("+classifier_images=120,cam_scales=1.0,0.5", "baseline"),
+                                                     ("+classifier_images=120,cam_scales=1.0,0.5", "oracle")]
     preset = res["ladder"][3]["params"]  # the ladder's last step: the preset itself
     assert rows[4]["params"] == {**preset, "aug_shift": 5}
     # both arms train on the images the pipeline's round 0 would: 120 streamed where asked, the 96 of train else
@@ -202,3 +202,18 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
                            str(tmp_path / "other.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "in two files" in proc.stderr
+
+
+def test_benchmark_overrides_are_typed_and_commas_make_tuples():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import overrides_from
+    finally:
+        sys.path.remove(str(BENCH))
+    got = overrides_from([["cam_scales", "1.0,0.5,2"], ["aug_shift", "30"], ["cam_flip", "false"],
+                          ["layout", "uniform"], ["pretrained", "none"]])
+    assert got == {"cam_scales": (1.0, 0.5, 2), "aug_shift": 30, "cam_flip": False, "layout": "uniform",
+                   "pretrained": None}
+    from conta_kit.config import RunCfg
+
+    assert RunCfg.from_params("smoke", **got).baseline.cam_scales == (1.0, 0.5, 2.0)
