@@ -106,6 +106,7 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "val_seed_miou": sweep[best_t], "best_threshold": best_t, "val_ceiling_miou": ceiling[best_c],
             "share_of_ceiling": sweep[best_t] / ceiling[best_c], "cam_peak_on_object": loc["cam_peak_on_object"],
             "cam_mass_in_object": loc["cam_mass_in_object"], "object_pixel_share": loc["object_pixel_share"],
+            "cam_empty_share": loc["cam_empty_share"],
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
             "cam_peak_offset_y_per_class": loc["cam_peak_offset_y_per_class"],
             "classes": list(splits["val"].class_names),

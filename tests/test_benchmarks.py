@@ -178,6 +178,7 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
         # localisation is then undefined (NaN, None in JSON), never out of range
         for k in ("cam_peak_on_object", "cam_mass_in_object"):
             assert (r["arm"] == "oracle" and r[k] is None) or 0 <= r[k] <= 1, (r["recipe"], r["arm"], k, r[k])
+        assert 0 <= r["cam_empty_share"] <= 1 and (r["cam_empty_share"] == 1) == (r["cam_peak_on_object"] is None)
     doc = tmp_path / "doc.md"
     doc.write_text("x\n<!-- results:recipe-health -->\nold\n<!-- /results:recipe-health -->\ny\n")
     proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out), "--update",

@@ -316,6 +316,18 @@ def test_cam_localisation_and_surround_leakage_by_hand():
     # peaks at rows 2 (the first maximum) and 0 against the object's mean row 2.5, in image heights
     assert out["cam_peak_offset_y_per_class"][0] == pytest.approx((-0.5 - 2.5) / 2 / 8)
     assert math.isnan(out["cam_peak_offset_y_per_class"][1])
+    assert out["cam_empty_share"] == 0.0
+    # a third image whose present class has an empty CAM: left out of the scores, counted as empty
+    loc.update(torch.zeros(1, 2, 8, 8), labels[:1], mask[:1])
+    again = loc.compute()
+    assert again["cam_empty_share"] == pytest.approx(1 / 3) and again["num_pairs"] == 2
+    assert again["cam_peak_on_object"] == out["cam_peak_on_object"]
+    assert math.isnan(CamLocalisation(2).compute()["cam_empty_share"])
+    from conta_kit.pipeline.round import empty_cams_warning
+
+    assert "33 % of the CAMs of present classes on train are empty" in empty_cams_warning(again)
+    assert empty_cams_warning(out) is None and empty_cams_warning({}) is None
+    assert empty_cams_warning({"cam_empty_share": math.nan}) is None
 
     surround = torch.zeros(2, 8, 8, dtype=torch.long)
     surround[:, 4:8, :] = 1  # half the image is class 0's surround

@@ -44,12 +44,15 @@ class CamLocalisation:
     the object's share of the image's labelled pixels (the level a CAM that does not localise reaches), and
     whether the CAM's peak lies on the object; per class also how far the peak's row lies below the object's
     mean row (``cam_peak_offset_y_per_class``, a fraction of the image height; negative: above): a CAM that
-    sits on a ground band under its object, or is pushed away from the image's edge, shows here."""
+    sits on a ground band under its object, or is pushed away from the image's edge, shows here.
+
+    A CAM with no mass anywhere (the classifier found no positive evidence for a present class: a collapsed
+    training) has no peak; such pairs are left out of the scores above and counted in ``cam_empty_share``."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.mass_in = self.pixel_share = self.peak_hits = 0.0
-        self.n = 0
+        self.n = self.n_present = 0
         # per class: which classes' CAMs sit on their objects and which on something else (a context shortcut)
         self.class_sums = torch.zeros(3, num_classes, dtype=torch.float64)  # mass in, peak hits, pairs
         self.offset_sums = torch.zeros(num_classes, dtype=torch.float64)  # peak row - object's mean row
@@ -63,7 +66,8 @@ class CamLocalisation:
         obj = _onehot(mask, self.num_classes)
         valid = (mask != 255).float().sum(dim=(1, 2)).clamp_min(1)[:, None]  # (B, 1)
         total = cams.sum(dim=(2, 3))
-        use = (labels > 0) & (total > 0) & (obj.sum(dim=(2, 3)) > 0)
+        present = (labels > 0) & (obj.sum(dim=(2, 3)) > 0)
+        use = present & (total > 0)
         inside = (cams * obj).sum(dim=(2, 3)) / total.clamp_min(1e-12)
         arg = cams.flatten(2).argmax(2, keepdim=True)  # (B, C, 1): each CAM's peak pixel
         peak = obj.flatten(2).gather(2, arg)[..., 0]
@@ -71,6 +75,7 @@ class CamLocalisation:
         self.pixel_share += float((obj.sum(dim=(2, 3)) / valid)[use].sum())
         self.peak_hits += float(peak[use].sum())
         self.n += int(use.sum())
+        self.n_present += int(present.sum())
         u = use.double().cpu()
         self.class_sums += torch.stack([(inside.double().cpu() * u).sum(0), (peak.double().cpu() * u).sum(0), u.sum(0)])
         h = mask.shape[1]
@@ -88,6 +93,7 @@ class CamLocalisation:
         offset[self.class_sums[2] == 0] = math.nan
         return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
                 "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n,
+                "cam_empty_share": 1 - self.n / self.n_present if self.n_present else math.nan,
                 "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist(),
                 "cam_peak_offset_y_per_class": offset.tolist()}
 

@@ -105,6 +105,8 @@ def score_seeds(cfg: RunCfg, model: torch.nn.Module, data: dict[str, Dataset], d
     }
     seed["share_of_ceiling"] = seed["miou_best"] / seed["ceiling"]["miou_best"] if seed["ceiling"]["miou_best"] \
         else math.nan
+    if (said := empty_cams_warning(seed["localisation"])) is not None:
+        log.warning(said)
     if best_t in (min(b.threshold_grid), max(b.threshold_grid)):
         log.warning("the best seed threshold on val, %s, is at the edge of threshold_grid %s: extend the grid",
                     best_t, b.threshold_grid)
@@ -120,6 +122,17 @@ def score_seeds(cfg: RunCfg, model: torch.nn.Module, data: dict[str, Dataset], d
                              "best_threshold_on_val": best_off,
                              **({"cam_leakage": tr["leakage_without_m"]["cam_leakage"]} if paired else {})}
     return seed, tr
+
+
+def empty_cams_warning(localisation: dict[str, Any], most: float = 0.1) -> str | None:
+    """What to tell a user when over ``most`` of the CAMs of present classes are empty (no positive evidence
+    anywhere: a collapsed training), else None."""
+    empty = localisation.get("cam_empty_share", 0.0)  # absent from runs recorded before it was measured
+    if not empty > most:
+        return None
+    return (f"{100 * empty:.0f} % of the CAMs of present classes on train are empty (no positive evidence "
+            f"anywhere): the classifier's training collapsed for them (try a lower cls_lr); its localisation "
+            f"scores count only the others")
 
 
 def score_classifier(cfg: RunCfg, model: torch.nn.Module, data: dict[str, Dataset], device: torch.device,
