@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # unit tests only; papermill runs ge
 # depend on the machine it runs on, so "auto" means fp32 here (kernels and subprocesses inherit this); the
 # bf16 path is tested by name and with this variable set to 1 (tests/test_precision.py).
 os.environ["CONTA_KIT_CPU_BF16"] = "0"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A terminated test run (a CI time limit, a user's kill) ends as an interrupted one, so the tests' finally blocks
+# and fixtures still stop what they started in sessions of their own (JupyterLab, its kernels, worker pools).
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(autouse=True)

@@ -50,3 +50,45 @@ def test_worker_ends_when_its_parent_is_killed(tmp_path):
         assert not _alive(worker), "the worker outlived its killed parent"
     finally:
         parent.kill()
+
+
+INNER = """
+import os, signal, subprocess, sys, time
+
+def test_holds_a_server():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    open(os.environ["CHILD_PID_FILE"], "w").write(str(child.pid))
+    try:
+        time.sleep(120)
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(10)
+"""
+
+
+def test_a_terminated_test_run_still_stops_what_its_tests_started(tmp_path):
+    """SIGTERM to pytest runs the tests' finally blocks (this suite's conftest), so a server a test started in a
+    session of its own does not outlive the run."""
+    (tmp_path / "test_inner.py").write_text(INNER)
+    pid_file = tmp_path / "child.pid"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "CHILD_PID_FILE": str(pid_file), "PYTHONPATH": tests}
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                            str(tmp_path / "test_inner.py")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    child = None
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+        assert run.returncode == 2 and "KeyboardInterrupt" in out, out[-2000:]  # pytest's "interrupted"
+        assert not _alive(child)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if child is not None and _alive(child):
+            os.killpg(child, signal.SIGKILL)
