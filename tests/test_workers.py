@@ -32,16 +32,22 @@ def _alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
+def _pid_from(path, timeout: float = 60) -> int:
+    """The pid a started process writes to ``path`` (waited for), checked to be alive."""
+    deadline = time.time() + timeout
+    while not (path.exists() and path.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    pid = int(path.read_text())
+    assert _alive(pid)
+    return pid
+
+
 def test_worker_ends_when_its_parent_is_killed(tmp_path):
     script, marker = tmp_path / "parent.py", tmp_path / "worker.pid"
     script.write_text(PARENT)
     parent = subprocess.Popen([sys.executable, str(script), str(marker)])
     try:
-        deadline = time.time() + 60
-        while not (marker.exists() and marker.read_text()) and time.time() < deadline:
-            time.sleep(0.1)
-        worker = int(marker.read_text())
-        assert _alive(worker)
+        worker = _pid_from(marker)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.time() + 15
@@ -78,11 +84,7 @@ def test_a_terminated_test_run_still_stops_what_its_tests_started(tmp_path):
                            stderr=subprocess.STDOUT, text=True)
     child = None
     try:
-        deadline = time.time() + 60
-        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
-            time.sleep(0.1)
-        child = int(pid_file.read_text())
-        assert _alive(child)
+        child = _pid_from(pid_file)
         run.send_signal(signal.SIGTERM)
         out, _ = run.communicate(timeout=60)
         assert run.returncode == 2 and "KeyboardInterrupt" in out, out[-2000:]  # pytest's "interrupted"
