@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from conta_kit.cam import cams_to_shards, compute_cams, grad_cam, load_cams, normalize_cams
 from conta_kit.models import build_classifier, eval_mode, fold_batchnorm
+from conta_kit.models.inference import normalized_inputs
 
 
 class Identity(nn.Module):
@@ -154,6 +155,37 @@ def test_channels_last_pixel_budget_and_amp_options():
         compute_cams(m, x, labels, amp="int8")
     with pytest.raises(ValueError, match="max_pixels must be None or an int >= 1, got 0"):
         compute_cams(m, x, labels, max_pixels=0)
+
+
+def test_cam_pyramid_normalises_each_batch_once_and_restores_the_classifier():
+    m = _calibrated()
+    x, labels = torch.rand(2, 3, 32, 32), torch.ones(2, 3)
+    with torch.no_grad():
+        plain = m.features(x)
+        with normalized_inputs(m) as prepare:
+            assert m.takes_normalized
+            torch.testing.assert_close(m.features(prepare(x)), plain, rtol=0, atol=1e-5)
+            with normalized_inputs(m) as inner:  # already open: nothing to do twice
+                assert inner is None
+        assert not m.takes_normalized and torch.equal(m.features(x), plain)
+        with pytest.raises(RuntimeError, match="boom"), normalized_inputs(m):
+            raise RuntimeError("boom")
+        assert not m.takes_normalized  # restored on error
+        with normalized_inputs(nn.ModuleList([m, _calibrated()])) as prepare:  # two classifiers: left alone
+            assert prepare is None and not m.takes_normalized
+        with normalized_inputs(Identity(3)) as prepare:
+            assert prepare is None
+    seen = []  # what the first stage receives: normalised views in the forward pass's precision
+    hook = m.backbone.stem.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    try:
+        base = compute_cams(m, x, labels, scales=(1.0, 0.5))
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        low = compute_cams(m, x, labels, scales=(1.0, 0.5), amp="bf16")
+        assert set(seen) == {torch.bfloat16} and float((low - base).abs().max()) < 0.1
+    finally:
+        hook.remove()
+    assert not m.takes_normalized
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "resnet18"])

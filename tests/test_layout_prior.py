@@ -210,6 +210,27 @@ def test_object_pattern_changes_pixels_only():
         ConfoundedScenes("train", object_texture="fur")
 
 
+def test_pattern_strength_reaches_the_generator_from_the_config():
+    from dataclasses import replace
+
+    from conta_kit.config import DataCfg
+    from conta_kit.data.splits import scene_kwargs
+
+    d = replace(DataCfg(), num_train=4)
+    kw = dict(split="train", num_images=4, seed=0)
+    none, default, strong = (ConfoundedScenes(**kw, **scene_kwargs(replace(d, pattern_strength=v)))
+                             for v in (0.0, 0.3, 0.6))
+    plain = ConfoundedScenes(**kw, **scene_kwargs(replace(d, object_texture="plain")))
+    for i in range(4):
+        obj = plain[i]["mask"] > 0
+        assert torch.equal(none[i]["image"], plain[i]["image"])  # no contrast: the plain objects
+        a = plain[i]["image"][:, obj]
+        ratio = float((strong[i]["image"][:, obj] - a).abs().mean() / (default[i]["image"][:, obj] - a).abs().mean())
+        assert 1.6 < ratio <= 2.0  # twice the contrast (less where the brighter pixels clip at 1)
+    with pytest.raises(ValueError, match="pattern_strength"):
+        DataCfg(pattern_strength=1.5)
+
+
 def test_object_scale_grows_the_objects():
     kw = dict(num_images=40, image_size=96, seed=0, cooccurrence=0.5)
     one, big = ConfoundedScenes("train", **kw), ConfoundedScenes("train", object_scale=1.4, **kw)

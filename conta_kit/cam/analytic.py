@@ -10,7 +10,10 @@ crops; the kit resizes to H x W directly.
 
 Speed: all images of a batch and their flips go through the model in one forward pass per scale (fewer
 with ``max_pixels``), optionally in channels-last memory format and under bf16/fp16 autocast
-(:func:`cam_precision`). ``benchmarks/bench_cam.py`` measures it against a one-image-at-a-time reference.
+(:func:`cam_precision`); the batch is normalised once before it is resized and flipped
+(:func:`~conta_kit.models.inference.normalized_inputs`), and each scale's views are cast to the forward
+pass's precision and layout in one copy. ``benchmarks/bench_cam.py`` measures it against a
+one-image-at-a-time reference.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.inference import eval_mode
+from ..models.inference import eval_mode, normalized_inputs
 from ..precision import AMP_MODES, DTYPES, resolve
 
 
@@ -131,18 +134,21 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     one_pass = x_m is not None and getattr(model, "fusion", None) == "last"  # M is the last channel: drop it
     high = [torch.zeros(b, labels.shape[1], h, w, device=images.device) for _ in terms]
     low = [torch.zeros(b, labels.shape[1], *strided, device=images.device) for _ in terms]
-    with eval_mode(model):
+    precision = cam_precision(images.device, amp)
+    with eval_mode(model), normalized_inputs(model) as prepare:
+        base = images if prepare is None else prepare(images)  # once per batch, not once per view
+        # the normalised views go in cast to the forward pass's precision (what autocast would do to them)
+        dtype = torch.float32 if prepare is None else DTYPES[precision]
         for s in scales:
-            x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False,
-                                                      recompute_scale_factor=False)
+            x = base if s == 1.0 else F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False,
+                                                    recompute_scale_factor=False)
             xm = None
             if x_m is not None:
                 xm = F.interpolate(x_m[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             if flip:
                 x = torch.cat([x, x.flip(-1)])
                 xm = None if xm is None else torch.cat([xm, xm.flip(-1)])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             n = len(x) if max_pixels is None else max(1, max_pixels // (x.shape[-2] * x.shape[-1]))
             parts = [_view_cams(model, x[i : i + n], None if xm is None else xm[i : i + n], terms, one_pass, amp)
                      for i in range(0, len(x), n)]

@@ -67,10 +67,17 @@ class Classifier(nn.Module):
                     m.eval()
         return self
 
+    #: True while :func:`~conta_kit.models.inference.normalized_inputs` feeds the classifier images it has
+    #: normalised already (once per batch, before the CAM pyramid resizes and flips them)
+    takes_normalized: bool = False
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] -> ImageNet-normalised input of the first stage."""
+        """Images (B, 3, H, W) in [0, 1] -> ImageNet-normalised input of the first stage (as it is while
+        ``takes_normalized``)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
+        if self.takes_normalized:
+            return x
         return (x - self.mean) / self.std
 
     def trunk(self, h: torch.Tensor, after: Callable[[str, torch.Tensor], torch.Tensor] | None = None

@@ -1,12 +1,13 @@
-"""Model utilities shared by every stage: eval mode as a context, batch-norm folding for inference, a
-state-dict fingerprint, and loading a kit checkpoint with ``weights_only=True``."""
+"""Model utilities shared by every stage: eval mode as a context, batch-norm folding and input normalisation
+once per batch for inference, a state-dict fingerprint, and loading a kit checkpoint with
+``weights_only=True``."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..io import load_torch
+from .classifier import Classifier
 
 
 @contextmanager
@@ -26,6 +28,35 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def normalized_inputs(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor] | None]:
+    """Normalise a batch once, outside the model: yields ``prepare``, images in [0, 1] -> the input that the
+    model's :class:`~conta_kit.models.Classifier` normalises them to, and while the context is open that
+    classifier takes its input as it is (:attr:`~conta_kit.models.Classifier.takes_normalized`).
+
+    The CAM pyramid resizes and flips every batch into many views; bilinear resizing and flipping commute
+    with the per-channel affine normalisation up to float rounding, so one normalisation of the batch
+    replaces one per view. Where ``model`` holds no Classifier, or more than one, or one already inside this
+    context, it yields None and changes nothing. The flag is restored on exit, even on error.
+    """
+    found = [m for m in model.modules() if isinstance(m, Classifier)]
+    if len(found) != 1 or found[0].takes_normalized:
+        yield None
+        return
+    net = found[0]
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
+        return (x - net.mean) / net.std
+
+    net.takes_normalized = True
+    try:
+        yield prepare
+    finally:
+        net.takes_normalized = False
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
