@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from conta_kit.cam import cams_to_shards, compute_cams, grad_cam, load_cams, normalize_cams
+from conta_kit.cam.analytic import present_classes
 from conta_kit.models import build_classifier, eval_mode, fold_batchnorm
 from conta_kit.models.inference import normalized_inputs
 
@@ -186,6 +187,22 @@ def test_cam_pyramid_normalises_each_batch_once_and_restores_the_classifier():
     finally:
         hook.remove()
     assert not m.takes_normalized
+
+
+def test_only_the_images_classes_are_resized_and_each_lands_in_its_place():
+    order, valid = present_classes(torch.tensor([[0.0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]]))
+    assert order.tolist() == [[1, 3], [0, 1], [0, 1]] and valid.tolist() == [[True, True], [True, False],
+                                                                              [False, False]]
+    assert present_classes(torch.zeros(2, 3))[0].shape == (2, 1)  # no class anywhere: one padding row
+    m = _calibrated(c=4)
+    x = torch.rand(3, 3, 32, 32)
+    labels = torch.tensor([[0.0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    every, every_low = compute_cams(m, x, torch.ones(3, 4), return_strided=True)
+    cams, low = compute_cams(m, x, labels, return_strided=True)
+    mask = (labels > 0)[:, :, None, None]
+    torch.testing.assert_close(cams, every * mask, rtol=0, atol=1e-6)  # the same maps, absent classes zero
+    torch.testing.assert_close(low, every_low * mask, rtol=0, atol=1e-6)
+    assert float(cams[0, 1].amax()) > 0.99 and float(cams[2].abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "resnet18"])

@@ -11,8 +11,9 @@ crops; the kit resizes to H x W directly.
 Speed: all images of a batch and their flips go through the model in one forward pass per scale (fewer
 with ``max_pixels``), optionally in channels-last memory format and under bf16/fp16 autocast
 (:func:`cam_precision`); the batch is normalised once before it is resized and flipped
-(:func:`~conta_kit.models.inference.normalized_inputs`), and each scale's views are cast to the forward
-pass's precision and layout in one copy. ``benchmarks/bench_cam.py`` measures it against a
+(:func:`~conta_kit.models.inference.normalized_inputs`), each scale's views are cast to the forward
+pass's precision and layout in one copy, and only the classes of each image are resized and summed
+(:func:`present_classes`, as IRNet keeps its ``valid_cat``). ``benchmarks/bench_cam.py`` measures it against a
 one-image-at-a-time reference.
 """
 
@@ -132,8 +133,10 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     strided = (math.ceil(h / 4), math.ceil(w / 4))
     terms = (True, False) if m_term == "both" else (bool(m_term),)
     one_pass = x_m is not None and getattr(model, "fusion", None) == "last"  # M is the last channel: drop it
-    high = [torch.zeros(b, labels.shape[1], h, w, device=images.device) for _ in terms]
-    low = [torch.zeros(b, labels.shape[1], *strided, device=images.device) for _ in terms]
+    order, valid = present_classes(labels)  # only the image's classes are resized and summed (IRNet's valid_cat)
+    k = order.shape[1]
+    high = [torch.zeros(b, k, h, w, device=images.device) for _ in terms]
+    low = [torch.zeros(b, k, *strided, device=images.device) for _ in terms]
     precision = cam_precision(images.device, amp)
     with eval_mode(model), normalized_inputs(model) as prepare:
         base = images if prepare is None else prepare(images)  # once per batch, not once per view
@@ -145,22 +148,41 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             xm = None
             if x_m is not None:
                 xm = F.interpolate(x_m[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            if flip:
+            x = x.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+            if flip:  # flipped after the cast: the same values, fewer bytes to move
                 x = torch.cat([x, x.flip(-1)])
                 xm = None if xm is None else torch.cat([xm, xm.flip(-1)])
-            x = x.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             n = len(x) if max_pixels is None else max(1, max_pixels // (x.shape[-2] * x.shape[-1]))
             parts = [_view_cams(model, x[i : i + n], None if xm is None else xm[i : i + n], terms, one_pass, amp)
                      for i in range(0, len(x), n)]
             for j in range(len(terms)):
                 cam = parts[0][j] if len(parts) == 1 else torch.cat([p[j] for p in parts])
+                rows = torch.cat([order, order]) if flip else order
+                cam = torch.gather(cam, 1, rows[:, :, None, None].expand(-1, -1, *cam.shape[-2:]))
                 if flip:
                     cam = cam[:b] + cam[b:].flip(-1)
                 high[j] += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
                 low[j] += F.interpolate(cam, size=strided, mode="bilinear", align_corners=False)
+    c = labels.shape[1]
     out: list[torch.Tensor] = []
     for j in range(len(terms)):
-        out.append(normalize_cams(high[j], labels))
+        out.append(_scatter_classes(normalize_cams(high[j], valid), order, c))
         if return_strided:
-            out.append(normalize_cams(low[j], labels))
+            out.append(_scatter_classes(normalize_cams(low[j], valid), order, c))
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def present_classes(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (B, C) -> ``order`` (B, k) int64 and ``valid`` (B, k) bool, k the most classes any image has
+    (at least 1): each row lists its image's classes first, in class order, then absent ones as padding,
+    which ``valid`` marks False. The rows are distinct classes, so scattering back puts each map in its place."""
+    present = labels > 0
+    k = max(1, int(present.sum(1).max())) if len(labels) else 1
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
+    return order, torch.gather(present, 1, order)
+
+
+def _scatter_classes(maps: torch.Tensor, order: torch.Tensor, c: int) -> torch.Tensor:
+    """(B, k, H, W) maps of the classes ``order`` lists -> (B, C, H, W), zero for every other class."""
+    out = maps.new_zeros(maps.shape[0], c, *maps.shape[-2:])
+    return out.scatter_(1, order[:, :, None, None].expand_as(maps), maps)
