@@ -218,3 +218,19 @@ def test_benchmark_overrides_are_typed_and_commas_make_tuples():
     from conta_kit.config import RunCfg
 
     assert RunCfg.from_params("smoke", **got).baseline.cam_scales == (1.0, 0.5, 2.0)
+
+
+def test_rescore_reproduces_a_run_with_the_code_that_made_it(tmp_path):
+    from conta_kit.cli import main
+
+    assert main(["conta", "--preset", "smoke", "--seeds", "0", "-p", "rounds", "0", "--runs-root", str(tmp_path),
+                 "--no-progress", *SMALL]) == 0
+    run = next(tmp_path.iterdir())
+    res = _script("rescore.py", str(run), "--threads", "1", out=tmp_path / "rescore.json")
+    assert sorted(res["arms"]) == ["seed_0/oracle", "seed_0/round_0"]
+    for arm in res["arms"].values():  # the same code, the same classifier: the same seeds, bit for bit
+        assert arm["new"] == arm["stored"] and arm["pseudo_mask_agreement"] == 1.0
+    assert res["miou_best_new_minus_stored"]["max_abs"] == 0.0
+    proc = subprocess.run([sys.executable, str(BENCH / "rescore.py"), str(tmp_path / "nope")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "not a run folder" in proc.stderr
