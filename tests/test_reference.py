@@ -5,7 +5,8 @@ layout before ``data/ models/ cam/ methods/ pipeline/ report/``). Times and the 
 every other number of the CONTA loop and of the CONTA + W-OoD loop must match (floats to 1e-6 relative,
 which leaves room for another CPU's kernels; on the machine that made the file they match exactly). The runs
 use the settings of that time (``smoke_reference.THEN``: the uniform layout is the old benchmark); numbers the
-kit has learnt to report since then are new keys, listed but not compared.
+kit has learnt to report since then are new keys, listed but not compared; the test names the two kinds of
+number allowed to move, and why (redefined diagnostics; seed scores by a pixel at a threshold).
 """
 
 import json
@@ -67,4 +68,11 @@ def test_smoke_numbers_match_the_reference(tmp_path):
     redefined = re.compile(r"^/conta(_wood)?\[\d+\]/m/(logit_share_from_m|feature_mean):")
     assert len([d for d in diff if redefined.match(d)]) <= 4
     diff = [d for d in diff if not redefined.match(d)]
+    # Since commit 02eaab4 the CAM path normalises each batch once before its pyramid and resizes only the
+    # classes present: the same CAMs up to float rounding (1e-5 against IRNet's protocol), so a seed pixel whose
+    # CAM sits within rounding of a threshold can flip (on the machine that made the reference, one val-sweep
+    # mIoU moved by 3.5e-6). Seed scores may move by such pixels, 1e-4 at most; the pseudo-masks, and everything
+    # trained on them, must still match.
+    flip = re.compile(r"^/conta(_wood)?\[\d+\]/seed/[^:]*: (\S+) here, (\S+) in the reference$")
+    diff = [d for d in diff if not ((m := flip.match(d)) and abs(float(m[2]) - float(m[3])) <= 1e-4)]
     assert not diff, f"{len(diff)} numbers differ from {REFERENCE.name}:\n" + "\n".join(diff[:20])
