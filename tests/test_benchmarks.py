@@ -220,6 +220,22 @@ def test_benchmark_overrides_are_typed_and_commas_make_tuples():
     assert RunCfg.from_params("smoke", **got).baseline.cam_scales == (1.0, 0.5, 2.0)
 
 
+def test_shift_probe_measures_where_a_peak_falls_by_hand():
+    sys.path.insert(0, str(BENCH))
+    from shift_probe import peaks, shifted
+
+    obj = torch.zeros(2, 32, 32, dtype=torch.bool)
+    obj[:, 10:20, 4:12] = True  # mean row 14.5
+    cams = torch.zeros(2, 32, 32)
+    cams[0, 25, 6] = 1.0  # below the object
+    cams[1, 12, 8] = 1.0  # on it
+    got = peaks(cams, obj)
+    assert got["images"] == 2 and got["peak_on_object"] == 0.5
+    assert abs(got["peak_below_mean_row"] - ((25 - 14.5) + (12 - 14.5)) / 2 / 32) < 1e-6
+    img, mask = shifted(torch.rand(1, 3, 32, 32), obj[:1].long(), 5)
+    assert img.shape == (1, 3, 32, 32) and int(mask[0, 15:25, 4:12].min()) == 1 and int(mask[0, 10:15].sum()) == 0
+
+
 def test_rescore_reproduces_a_run_with_the_code_that_made_it(tmp_path):
     from conta_kit.cli import main
 
@@ -231,6 +247,11 @@ def test_rescore_reproduces_a_run_with_the_code_that_made_it(tmp_path):
     for arm in res["arms"].values():  # the same code, the same classifier: the same seeds, bit for bit
         assert arm["new"] == arm["stored"] and arm["pseudo_mask_agreement"] == 1.0
     assert res["miou_best_new_minus_stored"]["max_abs"] == 0.0
+    probe = _script("shift_probe.py", str(run), "--class", "person", "--shifts", "0", "8", "--threads", "1",
+                    out=tmp_path / "shift.json")
+    assert [(r["arm"], r["shift"]) for r in probe["rows"]] == [("round_0", 0), ("round_0", 8), ("oracle", 0),
+                                                              ("oracle", 8)]
+    assert all(r["images"] > 0 and 0.0 <= r["peak_on_object"] <= 1.0 for r in probe["rows"])
     proc = subprocess.run([sys.executable, str(BENCH / "rescore.py"), str(tmp_path / "nope")], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "not a run folder" in proc.stderr
