@@ -1,7 +1,7 @@
 """Move a run's val scenes down and see where one class's CAM peaks go: with the object, or with the border.
 
     .venv/bin/python benchmarks/shift_probe.py runs/<stamp>_oracle_rho0.5 --class aeroplane [--shifts 0 12 24 36]
-        [--seeds 0 1] [--threads 2] [--out x.json]
+        [--seeds 0 1] [--threads 2] [--out x.json]     # negative shifts move the scene up (for the low classes)
 
 The flyers' band of the benchmark is next to the top edge, and a CNN with zero padding knows how far a cell
 is from it. If the aeroplane CAM peaks below the plane because of that edge, moving the whole scene down (the
@@ -34,12 +34,15 @@ ARMS = ("round_0", "oracle")
 
 
 def shifted(images: torch.Tensor, masks: torch.Tensor, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scenes moved down by ``dy`` pixels: the first row repeated above, the last ``dy`` rows cut."""
+    """The scenes moved down by ``dy`` pixels (up for a negative ``dy``): the edge row repeated where the scene
+    leaves a gap, the rows that leave the image cut."""
     if dy == 0:
         return images, masks
     h = images.shape[-2]
-    img = F.pad(images, (0, 0, dy, 0), mode="replicate")[..., :h, :]
-    mask = F.pad(masks[:, None].float(), (0, 0, dy, 0), mode="replicate")[:, 0, :h].long()
+    pad = (0, 0, dy, 0) if dy > 0 else (0, 0, 0, -dy)
+    rows = slice(0, h) if dy > 0 else slice(-dy, h - dy)
+    img = F.pad(images, pad, mode="replicate")[..., rows, :]
+    mask = F.pad(masks[:, None].float(), pad, mode="replicate")[:, 0, rows].long()
     return img, mask
 
 
@@ -67,8 +70,6 @@ def main() -> None:
     a = p.parse_args()
     if not (a.run / "params.json").is_file():
         raise SystemExit(f"{a.run}: not a run folder (no params.json)")
-    if any(s < 0 for s in a.shifts):
-        raise SystemExit(f"--shifts must be >= 0, got {a.shifts}")
     folders = sorted(f for f in a.run.glob("seed_*") if (f / "params.json").is_file()
                      and (a.seeds is None or int(f.name.split("_")[1]) in a.seeds))
     device = setup(a.threads, "cpu")
@@ -90,8 +91,8 @@ def main() -> None:
             model = build_round_classifier(cfg, val.num_classes, load_pretrained=False)
             load_checkpoint(model, ckpt)
             for dy in a.shifts:
-                if dy >= batch["image"].shape[-2]:
-                    raise SystemExit(f"--shifts: {dy} is not below the image height {batch['image'].shape[-2]}")
+                if abs(dy) >= batch["image"].shape[-2]:
+                    raise SystemExit(f"--shifts: {dy} is not within the image height {batch['image'].shape[-2]}")
                 img, mask = shifted(batch["image"], batch["mask"], dy)
                 cams = compute_cams(model, img, batch["labels"], scales=cfg.baseline.cam_scales,
                                     flip=cfg.baseline.cam_flip)[:, k]

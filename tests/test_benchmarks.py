@@ -234,6 +234,8 @@ def test_shift_probe_measures_where_a_peak_falls_by_hand():
     assert abs(got["peak_below_mean_row"] - ((25 - 14.5) + (12 - 14.5)) / 2 / 32) < 1e-6
     img, mask = shifted(torch.rand(1, 3, 32, 32), obj[:1].long(), 5)
     assert img.shape == (1, 3, 32, 32) and int(mask[0, 15:25, 4:12].min()) == 1 and int(mask[0, 10:15].sum()) == 0
+    img, up = shifted(img, mask, -5)  # and back up: the object where it was, the cut rows repeated at the bottom
+    assert torch.equal(up, obj[:1].long()) and torch.equal(img[0, :, 27:], img[0, :, 26:27].expand(-1, 5, -1))
 
 
 def test_rescore_reproduces_a_run_with_the_code_that_made_it(tmp_path):
