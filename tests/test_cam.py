@@ -163,19 +163,22 @@ def test_cam_pyramid_normalises_each_batch_once_and_restores_the_classifier():
     x, labels = torch.rand(2, 3, 32, 32), torch.ones(2, 3)
     with torch.no_grad():
         plain = m.features(x)
-        with normalized_inputs(m) as prepare:
+        with normalized_inputs(m, x) as normalized:
             assert m.takes_normalized
-            torch.testing.assert_close(m.features(prepare(x)), plain, rtol=0, atol=1e-5)
-            with normalized_inputs(m) as inner:  # already open: nothing to do twice
+            torch.testing.assert_close(m.features(normalized), plain, rtol=0, atol=1e-5)
+            with normalized_inputs(m, x) as inner:  # already open: nothing to do twice
                 assert inner is None
         assert not m.takes_normalized and torch.equal(m.features(x), plain)
-        with pytest.raises(RuntimeError, match="boom"), normalized_inputs(m):
+        with pytest.raises(RuntimeError, match="boom"), normalized_inputs(m, x):
             raise RuntimeError("boom")
         assert not m.takes_normalized  # restored on error
-        with normalized_inputs(nn.ModuleList([m, _calibrated()])) as prepare:  # two classifiers: left alone
-            assert prepare is None and not m.takes_normalized
-        with normalized_inputs(Identity(3)) as prepare:
-            assert prepare is None
+        with normalized_inputs(nn.ModuleList([m, _calibrated()]), x) as normalized:  # two classifiers: left alone
+            assert normalized is None and not m.takes_normalized
+        with normalized_inputs(Identity(3), x) as normalized:
+            assert normalized is None
+        with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\)"), normalized_inputs(m, x[:, :2]):
+            pass
+        assert not m.takes_normalized  # a bad batch is refused before the flag is set
     seen = []  # what the first stage receives: normalised views in the forward pass's precision
     hook = m.backbone.stem.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
     try:

@@ -138,10 +138,11 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     high = [torch.zeros(b, k, h, w, device=images.device) for _ in terms]
     low = [torch.zeros(b, k, *strided, device=images.device) for _ in terms]
     precision = cam_precision(images.device, amp)
-    with eval_mode(model), normalized_inputs(model) as prepare:
-        base = images if prepare is None else prepare(images)  # once per batch, not once per view
+    rows = torch.cat([order, order]) if flip else order  # the classes of every view: images, then their flips
+    with eval_mode(model), normalized_inputs(model, images) as normalized:
+        base = images if normalized is None else normalized  # normalised once per batch, not once per view
         # the normalised views go in cast to the forward pass's precision (what autocast would do to them)
-        dtype = torch.float32 if prepare is None else DTYPES[precision]
+        dtype = torch.float32 if normalized is None else DTYPES[precision]
         for s in scales:
             x = base if s == 1.0 else F.interpolate(base, scale_factor=s, mode="bilinear", align_corners=False,
                                                     recompute_scale_factor=False)
@@ -157,7 +158,6 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      for i in range(0, len(x), n)]
             for j in range(len(terms)):
                 cam = parts[0][j] if len(parts) == 1 else torch.cat([p[j] for p in parts])
-                rows = torch.cat([order, order]) if flip else order
                 cam = torch.gather(cam, 1, rows[:, :, None, None].expand(-1, -1, *cam.shape[-2:]))
                 if flip:
                     cam = cam[:b] + cam[b:].flip(-1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def normalized_inputs(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor] | None]:
-    """Normalise a batch once, outside the model: yields ``prepare``, images in [0, 1] -> the input that the
-    model's :class:`~conta_kit.models.Classifier` normalises them to, and while the context is open that
-    classifier takes its input as it is (:attr:`~conta_kit.models.Classifier.takes_normalized`).
+def normalized_inputs(model: nn.Module, images: torch.Tensor) -> Iterator[torch.Tensor | None]:
+    """Normalise a batch once, outside the model: yields ``images`` (B, 3, H, W) in [0, 1] as the model's
+    :class:`~conta_kit.models.Classifier` normalises them (:meth:`~conta_kit.models.Classifier.normalize`), and
+    while the context is open that classifier takes its input as it is
+    (:attr:`~conta_kit.models.Classifier.takes_normalized`).
 
     The CAM pyramid resizes and flips every batch into many views; bilinear resizing and flipping commute
     with the per-channel affine normalisation up to float rounding, so one normalisation of the batch
@@ -46,15 +47,10 @@ def normalized_inputs(model: nn.Module) -> Iterator[Callable[[torch.Tensor], tor
         yield None
         return
     net = found[0]
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
-        return (x - net.mean) / net.std
-
+    normalized = net.normalize(images)
     net.takes_normalized = True
     try:
-        yield prepare
+        yield normalized
     finally:
         net.takes_normalized = False
 
