@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from conta_kit.io import to_jsonable, write_json
+from conta_kit.config import RunCfg
+from conta_kit.io import read_json, to_jsonable, write_json
+from conta_kit.layout import RunLayout
 from conta_kit.precision import cpu_bf16_units
 
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
@@ -69,6 +71,19 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     print(json.dumps(to_jsonable(result), indent=2))
     if out:
         write_json(Path(out), result, overwrite=True)
+
+
+def finished_seeds(run: Path, seeds: list[int] | None = None) -> list[tuple[int, RunLayout, RunCfg]]:
+    """(seed, its folder, the config it recorded) for every seed folder of the run folder ``run`` (only
+    ``seeds`` when given); SystemExit naming the folder when it is not a run folder or has no such seed."""
+    layout = RunLayout(run)
+    if not layout.params.is_file():
+        raise SystemExit(f"{run}: not a run folder (no params.json)")
+    out = [(s, layout.seed(s), RunCfg.from_dict(read_json(layout.seed(s).params)["resolved"]))
+           for s in layout.seeds() if layout.seed(s).params.is_file() and (seeds is None or s in seeds)]
+    if not out:
+        raise SystemExit(f"{run}: no seed folder{' for --seeds ' + str(seeds) if seeds else ''}")
+    return out
 
 
 def overrides_from(pairs: list[list[str]]) -> dict[str, Any]:

@@ -20,44 +20,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import emit, environment, setup
+from _common import emit, environment, finished_seeds, setup
 
-from conta_kit.config import RunCfg, with_added_fields
+from conta_kit.config import RunCfg
 from conta_kit.data.scenes import ConfoundedScenes
 from conta_kit.data.splits import load_splits
 from conta_kit.io import load_torch, read_json
-from conta_kit.methods.conta.steps import build_round_classifier
-from conta_kit.models.inference import load_checkpoint
+from conta_kit.layout import RunLayout
 from conta_kit.pipeline.round import score_seeds
+from conta_kit.pipeline.rounds import load_round_classifier
 
-ARMS = ("round_0", "oracle")
-
-
-def _seed_folders(run: Path, seeds: list[int] | None) -> list[Path]:
-    if not (run / "params.json").is_file():
-        raise SystemExit(f"{run}: not a run folder (no params.json)")
-    folders = sorted(p for p in run.glob("seed_*") if (p / "params.json").is_file())
-    if seeds is not None:
-        folders = [p for p in folders if int(p.name.split("_")[1]) in seeds]
-    if not folders:
-        raise SystemExit(f"{run}: no seed folder{' for --seeds ' + str(seeds) if seeds else ''}")
-    return folders
+ARMS = {"round_0": 0, "oracle": "oracle"}  # folder name -> load_round_classifier's round
 
 
-def rescore_arm(cfg: RunCfg, arm: Path, splits: dict, device: torch.device) -> dict[str, Any] | None:
-    """Stored against new scores of one arm folder (None where it has no classifier or no pseudo-masks)."""
-    ckpt, stored_pm = arm / "checkpoints" / "classifier" / "last.pt", arm / "artifacts" / "pseudo_masks.pt"
-    if not (ckpt.is_file() and stored_pm.is_file() and (arm / "metrics.json").is_file()):
+def rescore_arm(cfg: RunCfg, seed_dir: RunLayout, arm: str, splits: dict, device: torch.device
+                ) -> dict[str, Any] | None:
+    """Stored against new scores of one arm (None where it has no classifier, metrics or pseudo-masks)."""
+    rnd = seed_dir.oracle if ARMS[arm] == "oracle" else seed_dir.round(ARMS[arm])
+    stored_pm = rnd.artifact("pseudo_masks.pt")
+    if not (rnd.final_classifier.is_file() and stored_pm.is_file() and rnd.metrics.is_file()):
         return None
-    model = build_round_classifier(cfg, splits["train"].num_classes, load_pretrained=False).to(device)
-    load_checkpoint(model, ckpt)
     train = splits["train"]
+    model, _ = load_round_classifier(cfg, seed_dir.path, ARMS[arm], train.num_classes)
     paired = tuple(train.paired_context) if isinstance(train, ConfoundedScenes) else None
     t0 = time.perf_counter()
-    seed, evaluation = score_seeds(cfg, model, splits, device, adjusted=False, paired=paired, progress=False)
-    old = read_json(arm / "metrics.json")["seed"]
+    seed, evaluation = score_seeds(cfg, model.to(device), splits, device, adjusted=False, paired=paired,
+                                   progress=False)
+    old = read_json(rnd.metrics)["seed"]
     new_pm, old_pm = evaluation["pseudo"], load_torch(stored_pm)
-    old_pm = old_pm["masks"] if isinstance(old_pm, dict) else old_pm
     if tuple(old_pm.shape) != tuple(new_pm.shape):
         raise SystemExit(f"{stored_pm}: shape {tuple(old_pm.shape)}, the rescored masks {tuple(new_pm.shape)}")
 
@@ -76,15 +66,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args()
-    folders = _seed_folders(a.run, a.seeds)
+    seeds = finished_seeds(a.run, a.seeds)
     device = setup(a.threads, "cpu")
     rows: dict[str, dict[str, Any]] = {}
-    for folder in folders:
-        cfg = RunCfg.from_dict(with_added_fields(read_json(folder / "params.json")["resolved"]))
+    for s, seed_dir, cfg in seeds:
         splits = load_splits(cfg)
         for arm in ARMS:
-            if (row := rescore_arm(cfg, folder / arm, splits, device)) is not None:
-                rows[f"{folder.name}/{arm}"] = row
+            if (row := rescore_arm(cfg, seed_dir, arm, splits, device)) is not None:
+                rows[f"seed_{s}/{arm}"] = row
     if not rows:
         raise SystemExit(f"{a.run}: no arm with a classifier checkpoint and stored pseudo-masks")
     diffs = [r["new"]["miou_best"] - r["stored"]["miou_best"] for r in rows.values()]

@@ -20,17 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import emit, environment, setup
+from _common import emit, environment, finished_seeds, setup
 
 from conta_kit.cam import compute_cams
-from conta_kit.config import RunCfg, with_added_fields
 from conta_kit.data import collate
 from conta_kit.data.splits import load_splits
-from conta_kit.io import read_json
-from conta_kit.methods.conta.steps import build_round_classifier
-from conta_kit.models.inference import load_checkpoint
+from conta_kit.pipeline.rounds import load_round_classifier
 
-ARMS = ("round_0", "oracle")
+ARMS = {"round_0": 0, "oracle": "oracle"}  # folder name -> load_round_classifier's round
 
 
 def shifted(images: torch.Tensor, masks: torch.Tensor, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +65,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args()
-    if not (a.run / "params.json").is_file():
-        raise SystemExit(f"{a.run}: not a run folder (no params.json)")
-    folders = sorted(f for f in a.run.glob("seed_*") if (f / "params.json").is_file()
-                     and (a.seeds is None or int(f.name.split("_")[1]) in a.seeds))
+    seeds = finished_seeds(a.run, a.seeds)
+    if any(abs(dy) >= seeds[0][2].data.image_size for dy in a.shifts):
+        raise SystemExit(f"--shifts: {a.shifts} must lie within the image height {seeds[0][2].data.image_size}")
     device = setup(a.threads, "cpu")
     rows = []
-    for folder in folders:
-        cfg = RunCfg.from_dict(with_added_fields(read_json(folder / "params.json")["resolved"]))
+    for s, seed_dir, cfg in seeds:
         val = load_splits(cfg)["val"]
         if a.cls not in val.class_names:
             raise SystemExit(f"--class {a.cls!r}: the run's classes are {list(val.class_names)}")
@@ -84,19 +79,15 @@ def main() -> None:
         if not items:
             continue
         batch = collate(items)
-        for arm in ARMS:
-            ckpt = folder / arm / "checkpoints" / "classifier" / "last.pt"
-            if not ckpt.is_file():
+        for arm, rnd in ARMS.items():
+            if not (seed_dir.oracle if rnd == "oracle" else seed_dir.round(rnd)).final_classifier.is_file():
                 continue
-            model = build_round_classifier(cfg, val.num_classes, load_pretrained=False)
-            load_checkpoint(model, ckpt)
+            model, _ = load_round_classifier(cfg, seed_dir.path, rnd, val.num_classes)
             for dy in a.shifts:
-                if abs(dy) >= batch["image"].shape[-2]:
-                    raise SystemExit(f"--shifts: {dy} is not within the image height {batch['image'].shape[-2]}")
                 img, mask = shifted(batch["image"], batch["mask"], dy)
                 cams = compute_cams(model, img, batch["labels"], scales=cfg.baseline.cam_scales,
                                     flip=cfg.baseline.cam_flip)[:, k]
-                rows.append({"seed_folder": folder.name, "arm": arm, "shift": dy, **peaks(cams, mask == k + 1)})
+                rows.append({"seed_folder": f"seed_{s}", "arm": arm, "shift": dy, **peaks(cams, mask == k + 1)})
     if not rows:
         raise SystemExit(f"{a.run}: no seed folder with a trained round-0 or oracle classifier and val images "
                          f"holding {a.cls!r}")
