@@ -108,6 +108,7 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "cam_mass_in_object": loc["cam_mass_in_object"], "object_pixel_share": loc["object_pixel_share"],
             "cam_empty_share": loc["cam_empty_share"],
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
+            "cam_peak_in_box": loc["cam_peak_in_box"], "cam_peak_in_box_per_class": loc["cam_peak_in_box_per_class"],
             "cam_peak_offset_y_per_class": loc["cam_peak_offset_y_per_class"],
             "classes": list(splits["val"].class_names),
             "classifier_images": len(data.get("classifier_train", data["train"])), "classifier_s": round(train_s, 1)}
@@ -146,7 +147,7 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
         st = mean_std(values)
         return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
 
-    rows, peaks, offsets = [], [], []
+    rows, peaks, boxes, offsets = [], [], [], []
     names = [r["name"] for r in result["ladder"]]
     preset = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == LADDER[-1][0]}
     classes = result["rows"][0]["classes"] if result["rows"] else []
@@ -156,13 +157,16 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
             if not got:
                 continue
             label = f"rho {got[0]['rho']:g}" if arm == "baseline" else f"oracle (rho {got[0]['train_rho']:.2g})"
-            rows.append([name, label, str(len(got)), *(cell([r[k] for r in got]) for k in (
-                "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_mass_in_object",
-                "object_pixel_share")),
+            rows.append([name, label, str(len(got)), *(cell([r.get(k) for r in got]) for k in (
+                "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_peak_in_box",
+                "cam_mass_in_object", "object_pixel_share")),
                 cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
                 if name != LADDER[-1][0] else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
             peaks.append([name, label, *(cell(v) for v in per)])
+            if all("cam_peak_in_box_per_class" in r for r in got):  # files made before the measure lack it
+                per = [[r["cam_peak_in_box_per_class"][k] for r in got] for k in range(len(classes))]
+                boxes.append([name, label, *(cell(v) for v in per)])
             off = [[r["cam_peak_offset_y_per_class"][k] for r in got] for k in range(len(classes))]
             offsets.append([name, label, *(cell(v) for v in off)])
     env = result["environment"]
@@ -170,10 +174,12 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
                           for g in result.get("geometry", [])])
     head = ["recipe", "classifier trained at", "seeds", "val seed mIoU", "val ceiling", "share of ceiling",
-            "CAM peak on object", "CAM mass in object", "object pixel share",
+            "CAM peak on object", "CAM peak in object's box", "CAM mass in object", "object pixel share",
             f"val seed mIoU minus {LADDER[-1][0]}'s, paired by seed", "classifier s"]
     text = (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
+            + ("\nShare of CAM peaks in the object's box (the pointing game, no tolerance), per class:\n\n"
+               + markdown_table(["recipe", "classifier trained at", *classes], boxes) if boxes else "")
             + "\nHow far below its object's mean row the CAM peaks, per class (fraction of the image height; "
               "negative: above):\n\n" + markdown_table(["recipe", "classifier trained at", *classes], offsets)
             + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n")

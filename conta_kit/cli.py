@@ -146,7 +146,7 @@ def _check_scenes_version(folder: Path, params: dict[str, Any]) -> None:
         raise ValueError(f"{folder} was made when the benchmark's layout 'prior' shaped every context patch by the "
                          f"object's class (today's 'prior_class_surround'); continuing it would mix two benchmarks. "
                          f"Start a new run (with -p layout prior_class_surround -p object_texture plain "
-                         f"-p object_scale 1.0 -p aug_shift 0 to reproduce it)")
+                         f"-p object_scale 1.0 -p aug_shift 0 -p train_windows open to reproduce it)")
 
 
 def _baseline(args: argparse.Namespace) -> int:

@@ -25,7 +25,8 @@ THEN = {"layout": "uniform", "image_size": 64, "num_train": 96, "num_val": 48, "
         "cls_epochs": 3, "cls_lr": 0.1, "seg_epochs": 2, "seg_lr": 0.1, "cam_scales": (1.0, 0.5), "cls_batch_size": 16,
         "seg_batch_size": 16, "threshold_grid": (0.1, 0.2, 0.3), "rounds": 1, "ft_epochs": 1, "num_pool": 48, "k": 8,
         "oracle": False, "gt_arm": False, "fusion": "last", "fusion_init": "zero", "attn_init": "official",
-        "m_scale": "paper", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
+        "m_scale": "paper", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0,
+        "train_windows": "open"}
 CASES = {"conta": THEN, "conta_wood": {**THEN, "finetune": "wood"}}
 VOLATILE = {"timing", "seconds", "device", "time_s", "elapsed_s"}  # keys that measure time or name the machine
 

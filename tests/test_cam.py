@@ -392,3 +392,30 @@ def test_cam_localisation_and_surround_leakage_by_hand():
     res = leak.compute()
     assert res["surround_leakage_paired"] == 1.0 and res["surround_leakage_unpaired"] == 0.5
     assert res["confounding_leakage"] == 0.5 and res["surround_objects"] == [1, 1]
+
+
+def test_cam_peak_in_box_tells_a_peak_between_parts_from_one_elsewhere():
+    from conta_kit.cam.diagnostics import CamLocalisation
+
+    # class 0 is a ring: its box is rows 1-5, cols 1-5, its pixels the border of that box
+    mask = torch.zeros(3, 8, 8, dtype=torch.long)
+    mask[:, 1:6, 1:6] = 1
+    mask[:, 2:5, 2:5] = 0
+    labels = torch.tensor([[1.0, 0.0]] * 3)
+    cams = torch.zeros(3, 2, 8, 8)
+    cams[0, 0, 1, 1] = 1.0  # on the ring
+    cams[1, 0, 3, 3] = 1.0  # in the hole: in the box, off the object
+    cams[2, 0, 7, 6] = 1.0  # outside the box
+    loc = CamLocalisation(2)
+    loc.update(cams, labels, mask)
+    out = loc.compute()
+    assert out["cam_peak_on_object"] == pytest.approx(1 / 3) and out["cam_peak_in_box"] == pytest.approx(2 / 3)
+    assert out["cam_peak_in_box_per_class"][0] == pytest.approx(2 / 3)
+    assert math.isnan(out["cam_peak_in_box_per_class"][1])
+    # the box's last row and column count, the next ones do not
+    edge = torch.zeros(2, 2, 8, 8)
+    edge[0, 0, 5, 5] = 1.0
+    edge[1, 0, 6, 5] = 1.0
+    loc = CamLocalisation(2)
+    loc.update(edge, labels[:2], mask[:2])
+    assert loc.compute()["cam_peak_in_box"] == 0.5

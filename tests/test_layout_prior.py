@@ -231,6 +231,36 @@ def test_pattern_strength_reaches_the_generator_from_the_config():
         DataCfg(pattern_strength=1.5)
 
 
+def test_train_windows_glass_adds_the_panes_to_the_train_and_nothing_else():
+    from dataclasses import replace
+
+    from conta_kit.config import DataCfg
+    from conta_kit.data.splits import scene_kwargs
+
+    d = replace(DataCfg(), num_train=60)
+    kw = dict(split="train", num_images=60, seed=0)
+    open_, glass = (ConfoundedScenes(**kw, **scene_kwargs(replace(d, train_windows=v))) for v in ("open", "glass"))
+    train = open_.class_names.index("train") + 1
+    with_train = 0
+    for i in range(60):
+        a, b = open_.render(i), glass.render(i)
+        assert a[3] == b[3]  # the same draws: classes, contexts, boxes
+        changed = a[1] != b[1]
+        assert set(b[1][changed].tolist()) <= {train} and not (a[1][changed] > 0).any()  # panes join the train
+        same_image = (a[0] == b[0]).all(0)
+        assert same_image[~changed].all()  # nothing but the panes is repainted
+        if (a[1] == train).any():
+            with_train += 1
+            assert changed.sum() > 0.05 * (a[1] == train).sum()
+            # the panes are dark: darker than the train's paint around them
+            assert b[0][:, changed].mean() < b[0][:, a[1] == train].mean()
+    assert with_train >= 5
+    with pytest.raises(ValueError, match="train_windows"):
+        DataCfg(train_windows="tinted")
+    with pytest.raises(ValueError, match="train_windows"):
+        ConfoundedScenes("train", train_windows="tinted")
+
+
 def test_object_scale_grows_the_objects():
     kw = dict(num_images=40, image_size=96, seed=0, cooccurrence=0.5)
     one, big = ConfoundedScenes("train", **kw), ConfoundedScenes("train", object_scale=1.4, **kw)

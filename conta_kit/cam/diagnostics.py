@@ -4,7 +4,9 @@
   ground truth average-pooled to that grid and upsampled the way CAMs are (bilinear, normalised by its max)
   is the best "CAM" that grid can hold. Scored by the same seed code, it bounds every seed score.
 * :class:`CamLocalisation`: the share of a class's CAM mass inside its own object (to read against the
-  object's share of the image: equal means no localisation) and the share of CAM peaks on the object.
+  object's share of the image: equal means no localisation), the share of CAM peaks on the object's pixels, and
+  the share in its box (the pointing game, strict: no tolerance), which tells a CAM that found the object but
+  peaks between its parts (a thin wing, a gap between legs) from one that peaks elsewhere.
 * :class:`SurroundLeakage`: CAM mass on an object's own context surround, split by whether that surround is
   the class's paired context or an unpaired one. The geometry of the surround is the same either way (the
   generator draws it from the class), so ``paired - unpaired`` is the part of the leakage that comes from
@@ -39,22 +41,41 @@ def ceiling_cams(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]
     return normalize_cams(planes, labels)
 
 
+def _in_box(obj: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """(B, C) float: 1 where pixel (row, col) lies in the tight box around the (B, C, H, W) plane's pixels (0 for
+    an empty plane)."""
+    h, w = obj.shape[-2:]
+    rows, cols = obj.amax(3) > 0, obj.amax(2) > 0  # (B, C, H), (B, C, W)
+
+    def span(a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = a.float().argmax(2)
+        last = n - 1 - a.flip(2).float().argmax(2)
+        return first, last
+
+    r0, r1 = span(rows, h)
+    c0, c1 = span(cols, w)
+    return (rows.any(2) & (r0 <= row) & (row <= r1) & (c0 <= col) & (col <= c1)).float()
+
+
 class CamLocalisation:
     """Accumulates, over (image, present class) pairs: the share of the CAM's mass on the class's own pixels,
     the object's share of the image's labelled pixels (the level a CAM that does not localise reaches), and
-    whether the CAM's peak lies on the object; per class also how far the peak's row lies below the object's
-    mean row (``cam_peak_offset_y_per_class``, a fraction of the image height; negative: above): a CAM that
-    sits on a ground band under its object, or is pushed away from the image's edge, shows here.
+    whether the CAM's peak lies on the object, or in the object's box (the tight box around the class's pixels:
+    one box per class and image, which is the object's own box in the benchmark, where a class appears once per
+    image, and the union of the instances' boxes in photos with several); per class also how far the peak's
+    row lies below the object's mean row (``cam_peak_offset_y_per_class``, a fraction of the image height;
+    negative: above): a CAM that sits on a ground band under its object, or is pushed away from the image's
+    edge, shows here.
 
     A CAM with no mass anywhere (the classifier found no positive evidence for a present class: a collapsed
     training) has no peak; such pairs are left out of the scores above and counted in ``cam_empty_share``."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.mass_in = self.pixel_share = self.peak_hits = 0.0
+        self.mass_in = self.pixel_share = self.peak_hits = self.box_hits = 0.0
         self.n = self.n_present = 0
         # per class: which classes' CAMs sit on their objects and which on something else (a context shortcut)
-        self.class_sums = torch.zeros(3, num_classes, dtype=torch.float64)  # mass in, peak hits, pairs
+        self.class_sums = torch.zeros(4, num_classes, dtype=torch.float64)  # mass in, peak hits, box hits, pairs
         self.offset_sums = torch.zeros(num_classes, dtype=torch.float64)  # peak row - object's mean row
 
     @torch.no_grad()
@@ -71,13 +92,16 @@ class CamLocalisation:
         inside = (cams * obj).sum(dim=(2, 3)) / total.clamp_min(1e-12)
         arg = cams.flatten(2).argmax(2, keepdim=True)  # (B, C, 1): each CAM's peak pixel
         peak = obj.flatten(2).gather(2, arg)[..., 0]
+        in_box = _in_box(obj, arg[..., 0] // cams.shape[3], arg[..., 0] % cams.shape[3])
         self.mass_in += float(inside[use].sum())
         self.pixel_share += float((obj.sum(dim=(2, 3)) / valid)[use].sum())
         self.peak_hits += float(peak[use].sum())
+        self.box_hits += float(in_box[use].sum())
         self.n += int(use.sum())
         self.n_present += int(present.sum())
         u = use.double().cpu()
-        self.class_sums += torch.stack([(inside.double().cpu() * u).sum(0), (peak.double().cpu() * u).sum(0), u.sum(0)])
+        self.class_sums += torch.stack([(inside.double().cpu() * u).sum(0), (peak.double().cpu() * u).sum(0),
+                                        (in_box.double().cpu() * u).sum(0), u.sum(0)])
         h = mask.shape[1]
         rows = torch.arange(h, device=obj.device, dtype=torch.float64).view(1, 1, h)
         obj_rows = obj.double().sum(3)  # (B, C, H): object pixels per row
@@ -87,15 +111,16 @@ class CamLocalisation:
 
     def compute(self) -> dict[str, float]:
         n = self.n or math.nan
-        per = self.class_sums[:2] / self.class_sums[2].clamp_min(1)
-        per[:, self.class_sums[2] == 0] = math.nan
-        offset = self.offset_sums / self.class_sums[2].clamp_min(1)
-        offset[self.class_sums[2] == 0] = math.nan
+        pairs = self.class_sums[3]
+        per = self.class_sums[:3] / pairs.clamp_min(1)
+        per[:, pairs == 0] = math.nan
+        offset = self.offset_sums / pairs.clamp_min(1)
+        offset[pairs == 0] = math.nan
         return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
-                "cam_peak_on_object": self.peak_hits / n, "num_pairs": self.n,
+                "cam_peak_on_object": self.peak_hits / n, "cam_peak_in_box": self.box_hits / n, "num_pairs": self.n,
                 "cam_empty_share": 1 - self.n / self.n_present if self.n_present else math.nan,
                 "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist(),
-                "cam_peak_offset_y_per_class": offset.tolist()}
+                "cam_peak_in_box_per_class": per[2].tolist(), "cam_peak_offset_y_per_class": offset.tolist()}
 
 
 class SurroundLeakage:

@@ -10,7 +10,7 @@ from ._textures import CLASSES, DISTRACTOR_CONTEXTS
 
 # options left out of a sample's stream seed: appearance (the same draws) and the objects' scale (the same seed;
 # see ``object_scale``), so that adding them changed no earlier image
-_SAME_DRAWS = ("object_texture", "pattern_strength", "object_scale")
+_SAME_DRAWS = ("object_texture", "pattern_strength", "object_scale", "train_windows")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class SceneOptions:
             0.9 / 0.95 of the image side (1.0: the table's sizes; the uniform layout uses ``object_size``).
             The image's first object keeps its class, context and band; a larger object that no longer fits
             its strip skips a draw, so later objects of that image can differ.
+        train_windows: "open" (the train's windows are holes in its silhouette: the context shows through and
+            they are not in its mask) or "glass" (dark panes inside the train's silhouette and mask, as VOC
+            annotates windows). Appearance and mask only: the same draws and layouts either way.
     """
 
     num_classes: int = 8
@@ -50,9 +53,11 @@ class SceneOptions:
     object_texture: str = "plain"
     pattern_strength: float = 0.3
     object_scale: float = 1.0
+    train_windows: str = "open"
 
     def __post_init__(self) -> None:
-        check_scene_choices(object_texture=self.object_texture, object_scale=self.object_scale)
+        check_scene_choices(object_texture=self.object_texture, object_scale=self.object_scale,
+                            train_windows=self.train_windows)
         if not 0.0 <= self.pattern_strength <= 1.0:
             raise ValueError(f"pattern_strength must be in [0, 1], got {self.pattern_strength}")
         if not 1 <= self.num_classes <= len(CLASSES):

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import TRAIN_WINDOWS
+
 _WORLD_SEED = 20201000
 TEMPLATE_SIZE = 64
 
@@ -68,22 +70,38 @@ def _shape(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ell(0.0, -0.75, 0.42, 0.22) | rect(-0.6, -0.5, 0.6, 0.35) | legs | arms & (np.abs(u) > 0.6)
     if name == "train":
         body = rect(-0.98, -0.6, 0.8, 0.7) | ((u >= 0.8) & (v > -0.6 + (u - 0.8) * 2.5) & (v < 0.7))
-        windows = ((v > -0.4) & (v < -0.05) & (np.mod(u + 1.0, 0.4) > 0.12) & (np.mod(u + 1.0, 0.4) < 0.3)
-                   & (u < 0.7))
+        windows = _train_windows(u, v)
         wheels = (v >= 0.7) & (v < 0.95) & (np.mod(u + 1.0, 0.35) < 0.22)
         return (body & ~windows) | wheels
     raise KeyError(name)
 
 
+def _train_windows(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The train's windows on the template's coordinates: holes in its silhouette for ``"open"`` windows."""
+    return ((v > -0.4) & (v < -0.05) & (np.mod(u + 1.0, 0.4) > 0.12) & (np.mod(u + 1.0, 0.4) < 0.3) & (u < 0.7))
+
+
+GLASS_SHADE = 0.4  # a window pane's shading relative to the train's paint: dark glass of the train's colour
+
+
 @cache
-def object_templates() -> tuple[np.ndarray, ...]:
-    """One float32 (T, T) shading map per class; 0 outside the silhouette, in [0.75, 1.1] inside."""
+def object_templates(train_windows: str = "open") -> tuple[np.ndarray, ...]:
+    """One float32 (T, T) shading map per class; 0 outside the silhouette, in [0.75, 1.1] inside.
+
+    ``train_windows``: "open" (the train's windows are holes: the context shows through them and they are not
+    in its mask) or "glass" (dark panes, part of the train and of its mask, as VOC annotates a train's windows;
+    shaded at :data:`GLASS_SHADE` of the paint)."""
+    if train_windows not in TRAIN_WINDOWS:
+        raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {train_windows!r}")
     t = np.linspace(-1.0, 1.0, TEMPLATE_SIZE, dtype=np.float32)
     v, u = np.meshgrid(t, t, indexing="ij")
     out = []
     for name, *_ in CLASSES:
         m = _shape(name, u, v)
         shade = 1.1 - 0.35 * (v + 1.0) / 2.0 + 0.06 * np.cos(3.0 * u)  # top-lit
+        if name == "train" and train_windows == "glass":
+            panes = _train_windows(u, v)
+            m, shade = m | panes, np.where(panes, GLASS_SHADE * shade, shade)
         out.append(np.where(m, shade, 0.0).astype(np.float32))
     return tuple(out)
 

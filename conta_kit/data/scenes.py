@@ -142,7 +142,7 @@ class ConfoundedScenes(Dataset):
         tex = context_textures(image_size)
         self._ctx_tex = [tex[n] for n in self.context_names]
         self._backdrop, self._noise = tex["backdrop"], tex["noise"]
-        self._templates = object_templates()[: self.num_classes]
+        self._templates = object_templates(self.options.train_windows)[: self.num_classes]
         self._patterns = object_patterns(image_size)[: self.num_classes] \
             if self.options.object_texture == "pattern" else None
         self._aspect = [c[2] for c in table]

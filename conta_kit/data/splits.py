@@ -34,7 +34,8 @@ def load_splits(cfg: RunCfg) -> dict[str, Dataset]:
 def scene_kwargs(d: DataCfg) -> dict[str, Any]:
     """The generator's arguments a :class:`~conta_kit.config.DataCfg` sets (all but split, size and seed)."""
     return dict(image_size=d.image_size, cooccurrence=d.cooccurrence, rider_rate=d.rider_rate, layout=d.layout,
-                object_texture=d.object_texture, pattern_strength=d.pattern_strength, object_scale=d.object_scale)
+                object_texture=d.object_texture, pattern_strength=d.pattern_strength, object_scale=d.object_scale,
+                train_windows=d.train_windows)
 
 
 def classifier_stream(cfg: RunCfg) -> ConfoundedScenes | None:
