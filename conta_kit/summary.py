@@ -36,6 +36,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "cam_mass_in_object": ("seed", "localisation", "cam_mass_in_object"),
     "object_pixel_share": ("seed", "localisation", "object_pixel_share"),
     "cam_peak_on_object": ("seed", "localisation", "cam_peak_on_object"),
+    "cam_peak_in_box": ("seed", "localisation", "cam_peak_in_box"),
     "surround_leakage_paired": ("seed", "surround", "surround_leakage_paired"),
     "surround_leakage_unpaired": ("seed", "surround", "surround_leakage_unpaired"),
     "confounding_leakage": ("seed", "surround", "confounding_leakage"),

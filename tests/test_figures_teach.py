@@ -204,3 +204,16 @@ def test_cams_conclusion_names_the_classes_whose_peak_misses_the_object():
     text = conclude.cams([{"seed": seed}], {}, ["car", "aeroplane", "cow"])
     assert "CAM peak on the object, per class: aeroplane 0.04, car 0.80" in text and "cow" not in text
     assert "per class" not in conclude.cams([{"seed": seed}], {})  # without names: no per-class sentence
+
+
+def test_cams_conclusion_names_the_classes_whose_peaks_fall_between_their_parts():
+    from conta_kit.report import conclude
+
+    loc = {"cam_mass_in_object": 0.2, "object_pixel_share": 0.05, "cam_peak_on_object": 0.4,
+           "cam_peak_on_object_per_class": [0.8, 0.2, 0.5], "cam_peak_in_box_per_class": [0.85, 0.6, 0.55]}
+    text = conclude.cams([{"seed": {"miou_fixed": 0.2, "miou_best": 0.3, "localisation": loc}}], {},
+                         ["car", "aeroplane", "cow"])
+    assert "in the object's box but off its pixels" in text and "aeroplane 0.40" in text
+    assert "car 0.05" not in text and "cow 0.05" not in text  # small differences are not named
+    del loc["cam_peak_in_box_per_class"]  # runs made before the measure
+    assert "off its pixels" not in conclude.cams([{"seed": {"localisation": loc}}], {}, ["car", "aeroplane", "cow"])

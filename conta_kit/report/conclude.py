@@ -148,6 +148,13 @@ def cams(history: list[dict[str, Any]], arms: dict[str, dict[str, Any]], names: 
             lines.append("CAM peak on the object, per class: " + ", ".join(f"{n} {_f(v, 2)}" for v, n in ranked)
                          + " (a class whose peak rarely lands on its object is recognised by something else: its "
                            "context, or the shape of the patch it stands on).")
+            box = loc.get("cam_peak_in_box_per_class")
+            if box:
+                between = sorted((b - v, n) for v, b, n in zip(per, box, names) if v == v and b - v >= 0.15)[::-1]
+                if between:
+                    lines.append("Peaks in the object's box but off its pixels (between a thin object's parts: "
+                                 "wings, legs, windows), per class: " + ", ".join(f"{n} {_f(d, 2)}" for d, n in between)
+                                 + "; those CAMs found the object and peak in its gaps.")
     if "oracle" in arms:
         o = arms["oracle"]
         pairs = [("seed mIoU at the val threshold", _seed(o).get("miou_best"), b.get("miou_best"), True),

@@ -39,7 +39,8 @@ from .oracle_gap import training_precision
 TABLE_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "seed_bf_fixed", "seg_bf",
                  "cam_leakage", "pseudo_mask_leakage", "context_reliance")
 HEALTH = ("ceiling_miou_best", "seed_share_of_ceiling", "cam_mass_in_object", "object_pixel_share",
-          "cam_peak_on_object", "surround_leakage_paired", "surround_leakage_unpaired", "confounding_leakage")
+          "cam_peak_on_object", "cam_peak_in_box", "surround_leakage_paired", "surround_leakage_unpaired",
+          "confounding_leakage")
 GAPS = tuple(f"gap_{m}" for m in GAP_METRICS)
 DIAGNOSTICS = ("seed_miou_fixed_without_m", "cam_leakage_without_m", "logit_share_from_m", "attention_entropy",
                "attention_top_present", "nwgm_gap")
@@ -94,7 +95,8 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
     note = " **Partial: the run was still going; rounds every seed had finished.**" if summary.get("partial") else ""
     text = (_provenance(run) + note + "\n\n" + summary_table(summary, TABLE_METRICS)
             + "\nWhat the seeds can reach and where the CAMs fall (resolution ceiling: ground truth pooled to the "
-            "feature grid, scored like the seeds; confounding leakage: CAM mass on the own surround when it is the "
+            "feature grid, scored like the seeds; CAM peak on object / in box: share of CAM peaks on the object's "
+            "pixels / in its tight box; confounding leakage: CAM mass on the own surround when it is the "
             "paired context minus when unpaired):\n\n" + summary_table(summary, HEALTH))
     if summary.get("oracle"):
         text += ("\nShare of the baseline-to-oracle gap closed, per seed then mean ± std and the 95 % interval of the "

@@ -10,7 +10,7 @@ from ..precision import resolve
 from ..summary import fmt, fmt_ci, gap_closed, markdown_table, mean_std, metric_value
 
 ORACLE_METRICS = ("seed_miou_best", "pseudo_miou", "seg_miou", "context_reliance", "cam_leakage",
-                  "confounding_leakage", "cam_peak_on_object")
+                  "confounding_leakage", "cam_peak_on_object", "cam_peak_in_box")
 
 
 def training_precision(run: Run) -> str:
