@@ -53,7 +53,7 @@ ARMS = ("plain", "wood")
 SWEEP_METRICS = ("seed_miou_fixed", "seed_miou_best", "pseudo_miou", "seg_miou", "cam_leakage", "seed_bf_fixed",
                  "seed_precision_fixed", "seed_recall_fixed", "context_reliance", "ood_fp_rate", "ood_fp_rate_random",
                  "ceiling_miou_best", "seed_share_of_ceiling", "cam_mass_in_object", "object_pixel_share",
-                 "cam_peak_on_object", "confounding_leakage")
+                 "cam_peak_on_object", "cam_peak_in_box", "confounding_leakage")
 PER_CLASS = {"precision": ("seed", "per_class_precision_fixed"), "recall": ("seed", "per_class_recall_fixed")}
 
 
