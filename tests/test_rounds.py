@@ -206,6 +206,32 @@ def test_oracle_gap_table_reads_each_seeds_baseline_oracle_and_ceiling(tmp_path)
     assert "| 0.9 | 1 |" in one_seed and "What these numbers show" not in one_seed  # no spread, no verdict
 
 
+def test_oracle_gap_tabulates_each_class_peaks_on_and_in_the_box_where_the_runs_have_them(tmp_path):
+    from conta_kit.io import write_json
+    from conta_kit.report.oracle_gap import oracle_gap_markdown, peaks_by_class
+
+    nan = float("nan")
+
+    def rnd(on, box):
+        loc = {"cam_peak_on_object_per_class": on, **({"cam_peak_in_box_per_class": box} if box else {})}
+        return {"seed": {"miou_best": 0.3, "ceiling": {"miou_best": 0.6}, "localisation": loc}}
+
+    run = Run.create("gap", tmp_path, params={"resolved": {"data": {"cooccurrence": 0.5}}, "seeds": [0, 1]})
+    for s, on in enumerate(([0.2, 0.8, nan], [0.4, 0.6, nan])):
+        write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": {
+            "rounds": [rnd(on, [0.5, 0.9, nan])], "oracle": rnd([0.5, 0.5, nan], [0.7, 0.5, nan])}})
+    table = peaks_by_class([run.path])
+    assert "| rho | classifier | seeds | aeroplane | bird | boat |" in table
+    assert "| 0.5 | baseline | 2 | 0.30 / 0.50 | 0.70 / 0.90 | — |" in table  # a class absent everywhere: a dash
+    assert "| 0.5 | oracle | 2 | 0.50 / 0.70 | 0.50 / 0.50 | — |" in table
+    assert table in oracle_gap_markdown([run.path])
+    for s in (0, 1):  # runs made before the peak in the box: no table
+        write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": {"rounds": [rnd([0.2, 0.8, nan], None)],
+                                                                     "oracle": rnd([0.5, 0.5, nan], None)}},
+                   overwrite=True)
+    assert peaks_by_class([run.path]) == "" and "Where the CAM peaks land" not in oracle_gap_markdown([run.path])
+
+
 def test_controls_table_compares_the_true_ingredient_arm_with_each_seeds_baseline(tmp_path):
     from conta_kit.io import write_json
     from conta_kit.report.markdown import controls_markdown

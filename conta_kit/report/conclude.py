@@ -150,7 +150,8 @@ def cams(history: list[dict[str, Any]], arms: dict[str, dict[str, Any]], names: 
                            "context, or the shape of the patch it stands on).")
             box = loc.get("cam_peak_in_box_per_class")
             if box:
-                between = sorted((b - v, n) for v, b, n in zip(per, box, names) if v == v and b - v >= 0.15)[::-1]
+                between = sorted((b - v, n) for v, b, n in zip(per, box, names)
+                                 if v is not None and b is not None and v == v and b - v >= 0.15)[::-1]
                 if between:
                     lines.append("Peaks in the object's box but off its pixels (between a thin object's parts: "
                                  "wings, legs, windows), per class: " + ", ".join(f"{n} {_f(d, 2)}" for d, n in between)

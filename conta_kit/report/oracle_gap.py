@@ -67,6 +67,7 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
                            "baseline's distance to it.")
     folders = ", ".join(f"`{Path(d).name}` ({training_precision(Run(d))})" for d in run_dirs)
     said = "\n".join(reading)
+    per_class = peaks_by_class(run_dirs)
     return ("Seed mIoU (threshold chosen on val) against the resolution ceiling:\n\n"
             + markdown_table(["rho", "seeds", "baseline", "oracle", "ceiling", "oracle - baseline",
                               "ceiling - oracle", "share of (ceiling - baseline) the oracle closes"], per_rho)
@@ -74,9 +75,40 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
               "interval of its mean):\n\n"
             + markdown_table(["rho", "metric", "baseline", "oracle", "oracle - baseline"], rows)
             + (f"\nWhat these numbers show (written from them):\n\n{said}\n" if said else "")
+            + (f"\nWhere the CAM peaks land, per class: share on the object's pixels / in its box (mean over "
+               f"seeds; in the box but off the pixels: between a thin object's parts):\n\n{per_class}" if per_class
+               else "")
             + f"\nRun folders (training and CAM precision): {folders}\n")
 
 
 def difference(a: list[float], b: list[float]) -> str:
     """(b - a) per seed: mean ± std and the 95 % interval of the mean (one seed: the difference alone)."""
     return fmt_ci(mean_std([y - x for x, y in zip(a, b)]), digits=3)
+
+
+def peaks_by_class(run_dirs: list[str | Path]) -> str:
+    """Markdown table, per run (rho) and arm (round 0, oracle), of each class's share of CAM peaks on its object
+    / in its box, mean over the seeds that have both; "" where the runs predate the peak in the box."""
+    from ..data import ConfoundedScenes
+
+    rows, names = [], None
+    for d in run_dirs:
+        run = Run(d)
+        rho = run.params.get("resolved", {}).get("data", {}).get("cooccurrence")
+        metrics = [Run(run.layout.seed(s).path).metrics.get("conta", {}) for s in run.layout.seeds()]
+        for label, key in (("baseline", "rounds"), ("oracle", "oracle")):
+            arms = [(m.get("rounds") or [None])[0] if key == "rounds" else m.get("oracle") for m in metrics]
+            locs = [(a or {}).get("seed", {}).get("localisation", {}) for a in arms]
+            locs = [x for x in locs if "cam_peak_in_box_per_class" in x]
+            if not locs:
+                return ""
+            n = len(locs[0]["cam_peak_on_object_per_class"])
+            names = names or ConfoundedScenes("train", num_images=0).class_names[:n]
+            cells = []
+            for k in range(n):
+                # a class absent from the images has no share (NaN, written to JSON as null)
+                on = [v for v in (x["cam_peak_on_object_per_class"][k] for x in locs) if v is not None and v == v]
+                box = [v for v in (x["cam_peak_in_box_per_class"][k] for x in locs) if v is not None and v == v]
+                cells.append(f"{mean_std(on)['mean']:.2f} / {mean_std(box)['mean']:.2f}" if on and box else "—")
+            rows.append([f"{rho:g}", label, str(len(locs)), *cells])
+    return markdown_table(["rho", "classifier", "seeds", *names], rows) if rows else ""
