@@ -112,11 +112,13 @@ def test_a_run_made_with_an_earlier_default_recipe_is_not_resumed_and_old_config
     from conta_kit.config import RunCfg
 
     made_then = RunCfg.from_params("smoke").to_dict()  # as a run recorded it before the recipe's fields existed
-    for section, name in (("data", "object_texture"), ("data", "object_scale"), ("baseline", "aug_shift")):
+    for section, name in (("data", "object_texture"), ("data", "object_scale"), ("baseline", "aug_shift"),
+                          ("data", "train_windows")):
         del made_then[section][name]
     made_then["data"]["layout"] = "prior"
     back = RunCfg.from_dict(made_then)  # read back as it was made, not with today's defaults
     assert (back.data.object_texture, back.data.object_scale, back.baseline.aug_shift) == ("plain", 1.0, 0)
+    assert back.data.train_windows == "open" and RunCfg().data.train_windows == "glass"
     run = tmp_path / "20260101-000000_conta"
     run.mkdir()
     params = {"command": "conta", "preset": "smoke", "overrides": {}, "seeds": [0], "resolved": made_then}
@@ -128,6 +130,7 @@ def test_a_run_made_with_an_earlier_default_recipe_is_not_resumed_and_old_config
     assert cli.main(["conta", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "would mix two recipes" in err and "-p object_texture plain" in err and "-p aug_shift 0" in err
+    assert "-p train_windows open" in err
     assert sorted(p.name for p in run.iterdir()) == before
 
 
