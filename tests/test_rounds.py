@@ -313,3 +313,24 @@ def test_a_failing_round_stops_the_arms_process(tmp_path, monkeypatch):
     (job,) = jobs
     assert not job.process.is_alive() and job.process.exitcode != 0
     assert torch.get_num_threads() == 2
+
+
+def test_a_finished_runs_summary_is_made_again_from_its_seeds_for_the_report(tmp_path):
+    from conta_kit.io import write_json
+    from conta_kit.pipeline.jobs import load_summary
+    from conta_kit.summary import summarize
+
+    run = Run.create("conta", tmp_path, params={"preset": "default", "overrides": {}, "seeds": [0, 1]})
+    old = {0: [{"seed": {"miou_best": 0.3}}], 1: [{"seed": {"miou_best": 0.5}}]}
+    run.log_metrics("summary", summarize(old))  # what the run stored when it ended
+    for s, v in ((0, 0.3), (1, 0.5)):  # its seeds, with a measure the summary code of then did not read
+        write_json(run.path / f"seed_{s}" / "metrics.json", {"conta": {"rounds": [
+            {"seed": {"miou_best": v, "localisation": {"cam_peak_in_box": v + 0.2}}}]}})
+    stored, fresh = load_summary(run.path), load_summary(run.path, fresh=True)
+    assert stored["rounds"][0].get("cam_peak_in_box") is None
+    assert fresh["rounds"][0]["cam_peak_in_box"]["mean"] == pytest.approx(0.6)
+    assert fresh["rounds"][0]["seed_miou_best"] == stored["rounds"][0]["seed_miou_best"]  # the same numbers
+    import shutil
+
+    shutil.rmtree(run.path / "seed_1")  # a seed folder missing: the stored summary
+    assert load_summary(run.path, fresh=True) == stored

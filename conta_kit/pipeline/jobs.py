@@ -88,13 +88,22 @@ def seed_arms(run: Run, arms: tuple[str, ...] = ("conta_gt",)) -> dict[str, dict
     return out
 
 
-def load_summary(run_dir: str | Path, partial: bool = False) -> dict[str, Any]:
+def load_summary(run_dir: str | Path, partial: bool = False, fresh: bool = False) -> dict[str, Any]:
     """``summary`` from a run folder's metrics.json (written by :func:`run_seeds` when every seed is done).
 
     ``partial=True`` summarises a run still in progress from its seed folders, over the rounds that every
-    seed has finished (marked ``"partial": True``)."""
+    seed has finished (marked ``"partial": True``). ``fresh=True`` summarises a finished run again from its seed
+    folders with today's code (measures added since the run ended appear; the numbers it had are the same),
+    where every seed folder holds the rounds the stored summary has; else the stored one."""
     run = Run(run_dir)
     m = run.metrics
+    if "summary" in m and fresh:
+        seeds = run.params.get("seeds") or run.layout.seeds()
+        per_seed = {s: Run(run.layout.seed(s).path).metrics.get("conta", {}).get("rounds", [])
+                    for s in seeds if run.layout.seed(s).path.exists()}
+        n = len(m["summary"].get("rounds", []))
+        if len(per_seed) == len(seeds) and all(len(r) == n for r in per_seed.values()):
+            return summarize(per_seed, seed_oracles(run), seed_arms(run))
     if "summary" in m:
         return m["summary"]
     if partial:

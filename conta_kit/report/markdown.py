@@ -91,7 +91,7 @@ def conta_markdown(run_dir: str | Path, prototypes: bool = True) -> str:
     """Table of rounds x headline metrics (mean ± std over seeds) plus the M and prototype diagnostics, with
     provenance."""
     run = Run(run_dir)
-    summary = load_summary(run_dir, partial=True)
+    summary = load_summary(run_dir, partial=True, fresh=True)
     note = " **Partial: the run was still going; rounds every seed had finished.**" if summary.get("partial") else ""
     text = (_provenance(run) + note + "\n\n" + summary_table(summary, TABLE_METRICS)
             + "\nWhat the seeds can reach and where the CAMs fall (resolution ceiling: ground truth pooled to the "
