@@ -176,8 +176,9 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
         assert r["share_of_ceiling"] == pytest.approx(r["val_seed_miou"] / r["val_ceiling_miou"])
         # a smoke-sized oracle (96 images at rho 0.1, three epochs) can put no CAM mass anywhere on val: its
         # localisation is then undefined (NaN, None in JSON), never out of range
-        for k in ("cam_peak_on_object", "cam_mass_in_object"):
+        for k in ("cam_peak_on_object", "cam_peak_in_box", "cam_mass_in_object"):
             assert (r["arm"] == "oracle" and r[k] is None) or 0 <= r[k] <= 1, (r["recipe"], r["arm"], k, r[k])
+        assert r["cam_peak_in_box"] is None or r["cam_peak_in_box"] >= r["cam_peak_on_object"]  # on it: in its box
         assert 0 <= r["cam_empty_share"] <= 1 and (r["cam_empty_share"] == 1) == (r["cam_peak_on_object"] is None)
     doc = tmp_path / "doc.md"
     doc.write_text("x\n<!-- results:recipe-health -->\nold\n<!-- /results:recipe-health -->\ny\n")
@@ -197,7 +198,9 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()
     assert "paired by seed" in text and "context's geometry" not in text
-    assert text.count("| +aug_shift=5 |") == 6  # two arms in each of the three tables, once though in two files
+    # two arms in each of the four tables (scores; peaks on the object, in its box, below it), once though in two
+    # files
+    assert text.count("| +aug_shift=5 |") == 8 and "in the object's box (the pointing game" in text
     other["rows"][0]["val_seed_miou"] += 0.1
     (tmp_path / "other.json").write_text(json.dumps(other))
     proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
