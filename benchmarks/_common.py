@@ -14,7 +14,7 @@ import torch
 
 from conta_kit.config import RunCfg
 from conta_kit.io import read_json, to_jsonable, write_json
-from conta_kit.layout import RunLayout
+from conta_kit.layout import RoundLayout, RunLayout
 from conta_kit.precision import cpu_bf16_units
 
 SKIPPED_NO_CUDA = "skipped: no CUDA device"
@@ -71,6 +71,16 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     print(json.dumps(to_jsonable(result), indent=2))
     if out:
         write_json(Path(out), result, overwrite=True)
+
+
+#: the arms of a seed folder whose classifier is a plain one: folder name -> load_round_classifier's round
+BASELINE_ARMS: dict[str, int | str] = {"round_0": 0, "oracle": "oracle"}
+
+
+def arm_folder(seed_dir: RunLayout, arm: str) -> RoundLayout:
+    """The round folder of one of :data:`BASELINE_ARMS` in a seed folder."""
+    rnd = BASELINE_ARMS[arm]
+    return seed_dir.oracle if rnd == "oracle" else seed_dir.round(rnd)
 
 
 def finished_seeds(run: Path, seeds: list[int] | None = None) -> list[tuple[int, RunLayout, RunCfg]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import emit, environment, finished_seeds, setup
+from _common import BASELINE_ARMS, arm_folder, emit, environment, finished_seeds, setup
 
 from conta_kit.config import RunCfg
 from conta_kit.data.scenes import ConfoundedScenes
@@ -30,18 +30,16 @@ from conta_kit.layout import RunLayout
 from conta_kit.pipeline.round import score_seeds
 from conta_kit.pipeline.rounds import load_round_classifier
 
-ARMS = {"round_0": 0, "oracle": "oracle"}  # folder name -> load_round_classifier's round
-
 
 def rescore_arm(cfg: RunCfg, seed_dir: RunLayout, arm: str, splits: dict, device: torch.device
                 ) -> dict[str, Any] | None:
     """Stored against new scores of one arm (None where it has no classifier, metrics or pseudo-masks)."""
-    rnd = seed_dir.oracle if ARMS[arm] == "oracle" else seed_dir.round(ARMS[arm])
+    rnd = arm_folder(seed_dir, arm)
     stored_pm = rnd.artifact("pseudo_masks.pt")
     if not (rnd.final_classifier.is_file() and stored_pm.is_file() and rnd.metrics.is_file()):
         return None
     train = splits["train"]
-    model, _ = load_round_classifier(cfg, seed_dir.path, ARMS[arm], train.num_classes)
+    model, _ = load_round_classifier(cfg, seed_dir.path, BASELINE_ARMS[arm], train.num_classes)
     paired = tuple(train.paired_context) if isinstance(train, ConfoundedScenes) else None
     t0 = time.perf_counter()
     seed, evaluation = score_seeds(cfg, model.to(device), splits, device, adjusted=False, paired=paired,
@@ -71,7 +69,7 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     for s, seed_dir, cfg in seeds:
         splits = load_splits(cfg)
-        for arm in ARMS:
+        for arm in BASELINE_ARMS:
             if (row := rescore_arm(cfg, seed_dir, arm, splits, device)) is not None:
                 rows[f"seed_{s}/{arm}"] = row
     if not rows:

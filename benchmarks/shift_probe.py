@@ -20,14 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import emit, environment, finished_seeds, setup
+from _common import BASELINE_ARMS, arm_folder, emit, environment, finished_seeds, setup
 
 from conta_kit.cam import compute_cams
 from conta_kit.data import collate
 from conta_kit.data.splits import load_splits
 from conta_kit.pipeline.rounds import load_round_classifier
-
-ARMS = {"round_0": 0, "oracle": "oracle"}  # folder name -> load_round_classifier's round
 
 
 def shifted(images: torch.Tensor, masks: torch.Tensor, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,8 +77,8 @@ def main() -> None:
         if not items:
             continue
         batch = collate(items)
-        for arm, rnd in ARMS.items():
-            if not (seed_dir.oracle if rnd == "oracle" else seed_dir.round(rnd)).final_classifier.is_file():
+        for arm, rnd in BASELINE_ARMS.items():
+            if not arm_folder(seed_dir, arm).final_classifier.is_file():
                 continue
             model, _ = load_round_classifier(cfg, seed_dir.path, rnd, val.num_classes)
             for dy in a.shifts:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TRAIN_WINDOWS
+from ..config import check_scene_choices
 
 _WORLD_SEED = 20201000
 TEMPLATE_SIZE = 64
@@ -91,8 +91,7 @@ def object_templates(train_windows: str = "open") -> tuple[np.ndarray, ...]:
     ``train_windows``: "open" (the train's windows are holes: the context shows through them and they are not
     in its mask) or "glass" (dark panes, part of the train and of its mask, as VOC annotates a train's windows;
     shaded at :data:`GLASS_SHADE` of the paint)."""
-    if train_windows not in TRAIN_WINDOWS:
-        raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {train_windows!r}")
+    check_scene_choices(train_windows=train_windows)
     t = np.linspace(-1.0, 1.0, TEMPLATE_SIZE, dtype=np.float32)
     v, u = np.meshgrid(t, t, indexing="ij")
     out = []

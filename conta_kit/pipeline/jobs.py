@@ -88,6 +88,15 @@ def seed_arms(run: Run, arms: tuple[str, ...] = ("conta_gt",)) -> dict[str, dict
     return out
 
 
+def _seed_rounds(run: Run) -> dict[int, list[dict[str, Any]]]:
+    """Seed -> the finished rounds' metrics, for every seed folder of ``run`` that has finished one."""
+    out = {}
+    for s in run.layout.seeds():
+        if rounds := Run(run.layout.seed(s).path).metrics.get("conta", {}).get("rounds", []):
+            out[s] = rounds
+    return out
+
+
 def load_summary(run_dir: str | Path, partial: bool = False, fresh: bool = False) -> dict[str, Any]:
     """``summary`` from a run folder's metrics.json (written by :func:`run_seeds` when every seed is done).
 
@@ -96,22 +105,16 @@ def load_summary(run_dir: str | Path, partial: bool = False, fresh: bool = False
     folders with today's code (measures added since the run ended appear; the numbers it had are the same),
     where every seed folder holds the rounds the stored summary has; else the stored one."""
     run = Run(run_dir)
-    m = run.metrics
-    if "summary" in m and fresh:
+    stored = run.metrics.get("summary")
+    if stored is not None and not fresh:
+        return stored
+    per_seed = _seed_rounds(run) if fresh or partial else {}
+    if stored is not None:  # fresh: again only where every seed of the run has the stored summary's rounds
         seeds = run.params.get("seeds") or run.layout.seeds()
-        per_seed = {s: Run(run.layout.seed(s).path).metrics.get("conta", {}).get("rounds", [])
-                    for s in seeds if run.layout.seed(s).path.exists()}
-        n = len(m["summary"].get("rounds", []))
-        if len(per_seed) == len(seeds) and all(len(r) == n for r in per_seed.values()):
-            return summarize(per_seed, seed_oracles(run), seed_arms(run))
-    if "summary" in m:
-        return m["summary"]
-    if partial:
-        per_seed = {}
-        for s in run.layout.seeds():
-            rounds = Run(run.layout.seed(s).path).metrics.get("conta", {}).get("rounds", [])
-            if rounds:
-                per_seed[s] = rounds
-        if per_seed:
-            return {**summarize(per_seed, seed_oracles(run), seed_arms(run)), "partial": True}
+        n = len(stored.get("rounds", []))
+        if n and all(len(per_seed.get(s, [])) == n for s in seeds):
+            return summarize({s: per_seed[s] for s in seeds}, seed_oracles(run), seed_arms(run))
+        return stored
+    if partial and per_seed:
+        return {**summarize(per_seed, seed_oracles(run), seed_arms(run)), "partial": True}
     raise ValueError(f"{run_dir}/metrics.json has no 'summary' (run `conta-kit conta --seeds ...` first)")

@@ -31,7 +31,7 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
     and oracle): both, the gap (oracle - baseline, per seed), the resolution ceiling, and how much of the
     baseline's distance to the ceiling the oracle closes ((oracle - baseline) / (ceiling - baseline)), all
     mean ± std over seeds."""
-    rows, per_rho, reading = [], [], []
+    rows, per_rho, reading, read = [], [], [], []
     for d in run_dirs:
         run = Run(d)
         rho = run.params.get("resolved", {}).get("data", {}).get("cooccurrence")
@@ -42,6 +42,7 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
                 pairs.append((m["rounds"][0], m["oracle"]))
         if not pairs:
             raise ValueError(f"{run.path} has no seed with both round 0 and the oracle finished")
+        read.append((rho, pairs))
         moved, within = [], []
         for name in ORACLE_METRICS:
             b = [metric_value(r0, name) for r0, _ in pairs]
@@ -67,7 +68,7 @@ def oracle_gap_markdown(run_dirs: list[str | Path]) -> str:
                            "baseline's distance to it.")
     folders = ", ".join(f"`{Path(d).name}` ({training_precision(Run(d))})" for d in run_dirs)
     said = "\n".join(reading)
-    per_class = peaks_by_class(run_dirs)
+    per_class = peaks_by_class(read)
     return ("Seed mIoU (threshold chosen on val) against the resolution ceiling:\n\n"
             + markdown_table(["rho", "seeds", "baseline", "oracle", "ceiling", "oracle - baseline",
                               "ceiling - oracle", "share of (ceiling - baseline) the oracle closes"], per_rho)
@@ -86,21 +87,17 @@ def difference(a: list[float], b: list[float]) -> str:
     return fmt_ci(mean_std([y - x for x, y in zip(a, b)]), digits=3)
 
 
-def peaks_by_class(run_dirs: list[str | Path]) -> str:
-    """Markdown table, per run (rho) and arm (round 0, oracle), of each class's share of CAM peaks on its object
-    / in its box, mean over the seeds that have both; "" where the runs predate the peak in the box."""
+def peaks_by_class(runs: list[tuple[float, list[tuple[dict, dict]]]]) -> str:
+    """Markdown table, per run (its rho and its seeds' (round 0, oracle) metrics) and arm, of each class's share
+    of CAM peaks on its object / in its box, mean over the seeds; "" where the runs predate the peak in the
+    box."""
     from ..data import ConfoundedScenes
 
     rows, names = [], None
-    for d in run_dirs:
-        run = Run(d)
-        rho = run.params.get("resolved", {}).get("data", {}).get("cooccurrence")
-        metrics = [Run(run.layout.seed(s).path).metrics.get("conta", {}) for s in run.layout.seeds()]
-        for label, key in (("baseline", "rounds"), ("oracle", "oracle")):
-            arms = [(m.get("rounds") or [None])[0] if key == "rounds" else m.get("oracle") for m in metrics]
-            locs = [(a or {}).get("seed", {}).get("localisation", {}) for a in arms]
-            locs = [x for x in locs if "cam_peak_in_box_per_class" in x]
-            if not locs:
+    for rho, pairs in runs:
+        for label, arm in (("baseline", 0), ("oracle", 1)):
+            locs = [p[arm].get("seed", {}).get("localisation", {}) for p in pairs]
+            if not all("cam_peak_in_box_per_class" in x for x in locs):
                 return ""
             n = len(locs[0]["cam_peak_on_object_per_class"])
             names = names or ConfoundedScenes("train", num_images=0).class_names[:n]
