@@ -17,7 +17,11 @@ before it, the ladder ending at the preset as it is:
 * ``+strip``: the preset's layout (``"prior_strip"``: a context's extent no longer follows the object);
 * ``+pattern``: its ``object_texture`` (``"pattern"``: a class-specific surface pattern inside each object);
 * ``+shift``: its ``aug_shift`` (20 px at 96 px): training images translated, so the border tells less about
-  how high an object stands. This is the preset.
+  how high an object stands;
+* ``+glass``: its ``train_windows`` (``"glass"``: the train's windows dark panes inside its silhouette and mask,
+  as VOC annotates them; ``"open"`` before);
+* ``+scales``: its ``cam_scales`` ((1.0, 1.5): IRNet's 0.5 view, a 6 x 6 grid at 96 px, dropped; (1.0, 0.5, 1.5)
+  before). This is the preset.
 
 and one step beyond it, measured beside the ladder because it was the preset's before the three-seed ladder
 (docs/benchmark_health.md) did not support it:
@@ -40,13 +44,16 @@ from typing import Any
 from _common import emit, environment, overrides_from
 
 #: the earlier recipe: the ladder's first step
-EARLIER: dict[str, Any] = {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
+EARLIER: dict[str, Any] = {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0,
+                           "train_windows": "open", "cam_scales": (1.0, 0.5, 1.5)}
 #: each later step sets these fields to the preset's own values (so the last step is the preset as it is)
 LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("prior", ()),
     ("+strip", ("layout",)),
     ("+pattern", ("object_texture",)),
     ("+shift", ("aug_shift",)),
+    ("+glass", ("train_windows",)),
+    ("+scales", ("cam_scales",)),
 )
 #: steps beyond the preset: (name, overrides added to the preset's own recipe)
 BEYOND: tuple[tuple[str, dict[str, Any]], ...] = (("+scale", {"object_scale": 1.4}),)
@@ -60,8 +67,8 @@ def recipes(preset: str = "default",
     from conta_kit.config import RunCfg
 
     cfg = RunCfg.preset_cfg(preset)
-    value = {**{f: getattr(cfg.data, f) for f in ("layout", "object_texture", "object_scale")},
-             "aug_shift": cfg.baseline.aug_shift}
+    value = {**{f: getattr(cfg.data, f) for f in ("layout", "object_texture", "object_scale", "train_windows")},
+             **{f: getattr(cfg.baseline, f) for f in ("aug_shift", "cam_scales")}}
     out, params = [], dict(EARLIER)
     for name, fields in LADDER:
         params = {**params, **{f: value[f] for f in fields}}
@@ -134,10 +141,20 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def table(result: dict[str, Any], with_geometry: bool = True) -> str:
+def reference_step(result: dict[str, Any]) -> str:
+    """The step the paired differences are taken against by default: the last step of the result's ladder that is
+    one of :data:`LADDER`'s and has rows (the preset the file was made with; files made before a step was added
+    to the ladder end at an earlier one), else the ladder's last step."""
+    ladder = {n for n, _ in LADDER}
+    scored = {r["recipe"] for r in result["rows"]}
+    named = [s["name"] for s in result["ladder"] if s["name"] in ladder and s["name"] in scored]
+    return named[-1] if named else LADDER[-1][0]
+
+
+def table(result: dict[str, Any], with_geometry: bool = True, reference: str | None = None) -> str:
     """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score and the val
-    seed mIoU minus the preset's (the ladder's last step), paired by seed, then each class's share of CAM peaks
-    on its object and how far below the object they fall."""
+    seed mIoU minus ``reference``'s (default :func:`reference_step`: the preset), paired by seed, then each
+    class's share of CAM peaks on its object and how far below the object they fall."""
     from conta_kit.summary import markdown_table, mean_std
 
     def cell(values: list[float | None]) -> str:
@@ -149,7 +166,12 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
 
     rows, peaks, boxes, offsets = [], [], [], []
     names = [r["name"] for r in result["ladder"]]
-    preset = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == LADDER[-1][0]}
+    if reference is None:
+        reference = reference_step(result)
+    elif reference not in {r["recipe"] for r in result["rows"]}:
+        raise SystemExit(f"--reference: no rows of {reference!r}; the steps scored: "
+                         f"{sorted({r['recipe'] for r in result['rows']})}")
+    preset = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == reference}
     classes = result["rows"][0]["classes"] if result["rows"] else []
     for name in names:
         for arm in ("baseline", "oracle"):
@@ -161,7 +183,7 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
                 "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_peak_in_box",
                 "cam_mass_in_object", "object_pixel_share")),
                 cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
-                if name != LADDER[-1][0] else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
+                if name != reference else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
             peaks.append([name, label, *(cell(v) for v in per)])
             if all("cam_peak_in_box_per_class" in r for r in got):  # files made before the measure lack it
@@ -175,7 +197,7 @@ def table(result: dict[str, Any], with_geometry: bool = True) -> str:
                           for g in result.get("geometry", [])])
     head = ["recipe", "classifier trained at", "seeds", "val seed mIoU", "val ceiling", "share of ceiling",
             "CAM peak on object", "CAM peak in object's box", "CAM mass in object", "object pixel share",
-            f"val seed mIoU minus {LADDER[-1][0]}'s, paired by seed", "classifier s"]
+            f"val seed mIoU minus {reference}'s, paired by seed", "classifier s"]
     text = (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
             + ("\nShare of CAM peaks in the object's box (the pointing game, no tolerance), per class:\n\n"
@@ -222,6 +244,9 @@ def main() -> None:
     ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's --block")
     ap.add_argument("--block", default="recipe-health", help="with --update: the block's name (default recipe-health)")
     ap.add_argument("--no-geometry", action="store_true", help="with --markdown: leave out the context geometry table")
+    ap.add_argument("--reference", default=None, metavar="STEP",
+                    help="with --markdown: the step the paired differences are taken against (default: the last "
+                         "step of the ladder that has rows, the preset the file was made with)")
     args = ap.parse_args()
     if args.markdown:
         from pathlib import Path
@@ -233,7 +258,8 @@ def main() -> None:
             raise SystemExit(f"--markdown: {', '.join(missing)} not found")
         if args.update and not Path(args.update).is_file():
             raise SystemExit(f"--update: {args.update} not found")
-        text = table(merge([json.loads(Path(p).read_text()) for p in args.markdown]), not args.no_geometry)
+        text = table(merge([json.loads(Path(p).read_text()) for p in args.markdown]), not args.no_geometry,
+                     args.reference)
         if args.update:
             update_block(args.update, args.block, text)
         print(text)
@@ -258,8 +284,8 @@ def main() -> None:
         except (ValueError, TypeError) as e:
             raise SystemExit(f"--also {' '.join(group)}: {e}") from None
     names = [n for n, _ in steps]
-    if args.update and not args.markdown:
-        raise SystemExit("--update needs --markdown RESULT.json")
+    if (args.update or args.reference) and not args.markdown:
+        raise SystemExit(f"{'--update' if args.update else '--reference'} needs --markdown RESULT.json")
     if not 0.0 <= args.rho <= 1.0:
         raise SystemExit(f"--rho must be in [0, 1], got {args.rho}")
     unknown = sorted(set(args.only or []) - set(names))

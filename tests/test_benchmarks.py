@@ -135,12 +135,14 @@ def test_recipe_ladder_starts_from_the_earlier_recipe_and_ends_at_the_preset():
 
     for preset in ("default", "smoke"):
         steps = recipes(preset)
-        assert [n for n, _ in steps] == ["prior", "+strip", "+pattern", "+shift", "+scale"]
+        assert [n for n, _ in steps] == ["prior", "+strip", "+pattern", "+shift", "+glass", "+scales", "+scale"]
         cfgs = [RunCfg.from_params(preset, **params).to_dict() for _, params in steps]
         assert all(a != b for a, b in zip(cfgs, cfgs[1:]))  # every step changes the recipe
-        assert cfgs[3] == RunCfg.preset_cfg(preset).to_dict()  # the ladder ends at the preset itself
-        assert cfgs[4]["data"]["object_scale"] == 1.4 and steps[4][1] == {**steps[3][1], "object_scale": 1.4}
+        assert cfgs[5] == RunCfg.preset_cfg(preset).to_dict()  # the ladder ends at the preset itself
+        assert cfgs[6]["data"]["object_scale"] == 1.4 and steps[6][1] == {**steps[5][1], "object_scale": 1.4}
         assert cfgs[0]["data"]["layout"] == "prior" and cfgs[0]["baseline"]["aug_shift"] == 0
+        assert cfgs[0]["data"]["train_windows"] == "open"
+        assert tuple(cfgs[0]["baseline"]["cam_scales"]) == (1.0, 0.5, 1.5)
 
 
 def test_recipe_ladder_refuses_a_bad_extra_step_before_any_work(tmp_path):
@@ -164,11 +166,12 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
                                                      ("+aug_shift=5", "baseline"), ("+aug_shift=5", "oracle"),
                                                      ("+classifier_images=120,cam_scales=1.0,0.5", "baseline"),
                                                      ("+classifier_images=120,cam_scales=1.0,0.5", "oracle")]
-    preset = res["ladder"][3]["params"]  # the ladder's last step: the preset itself
+    preset = res["ladder"][5]["params"]  # the ladder's last step: the preset itself
     assert rows[4]["params"] == {**preset, "aug_shift": 5}
     # both arms train on the images the pipeline's round 0 would: 120 streamed where asked, the 96 of train else
     assert [r["classifier_images"] for r in rows] == [96] * 6 + [120] * 2
-    assert rows[0]["params"] == {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0}
+    assert rows[0]["params"] == {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0,
+                                 "train_windows": "open", "cam_scales": [1.0, 0.5, 1.5]}
     assert rows[2]["params"] == {**rows[0]["params"], "layout": "prior_strip"}
     assert rows[1]["train_rho"] == pytest.approx(0.1)
     for r in rows:
@@ -201,6 +204,14 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     # two arms in each of the four tables (scores; peaks on the object, in its box, below it), once though in two
     # files
     assert text.count("| +aug_shift=5 |") == 8 and "in the object's box (the pointing game" in text
+    # the paired differences against a step named with --reference (default: the last ladder step scored)
+    assert "minus +strip's" in text
+    diff = rows[4]["val_seed_miou"] - rows[0]["val_seed_miou"]  # +aug_shift=5 minus prior, baseline, seed 0
+    for ref, said in (("prior", f"{diff:.3f}"), ("+nothing", "--reference: no rows of '+nothing'")):
+        proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out), "--reference",
+                               ref], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert said in (proc.stdout if ref == "prior" else proc.stderr), (proc.stdout + proc.stderr)[-2000:]
+        assert (proc.returncode == 0) == (ref == "prior")
     other["rows"][0]["val_seed_miou"] += 0.1
     (tmp_path / "other.json").write_text(json.dumps(other))
     proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
