@@ -268,6 +268,22 @@ def test_rescore_reproduces_a_run_with_the_code_that_made_it(tmp_path):
     assert [(r["arm"], r["shift"]) for r in probe["rows"]] == [("round_0", 0), ("round_0", 8), ("oracle", 0),
                                                               ("oracle", 8)]
     assert all(r["images"] > 0 and 0.0 <= r["peak_on_object"] <= 1.0 for r in probe["rows"])
+    placed = _script("cam_placement.py", str(run), "--jobs", "1", out=tmp_path / "placement.json")
+    rows = {(r["arm"], r["placement"]): r for r in placed["rows"]}
+    assert sorted(rows) == sorted((a, p) for a in ("round_0", "oracle") for p in ("irnet", "receptive_field",
+                                                                                  "measured"))
+    for arm in ("round_0", "oracle"):
+        irnet, rf, measured = (rows[arm, p] for p in ("irnet", "receptive_field", "measured"))
+        assert irnet["cell_origin"] is None and rf["cell_origin"] == 0.0 and irnet["stride"] == 8
+        assert measured["cell_origin"] == pytest.approx(sum(irnet["gradient_centre"]) / 2)
+        assert all(abs(v) < 8 for v in irnet["gradient_centre"])  # within a cell of stride x i
+        assert all(0 <= r["val_seed_miou"] <= 1 for r in (irnet, rf, measured))
+        # the placement reaches the CAMs: half a cell apart, the peaks or the seeds differ
+        assert (irnet["cam_peak_offset_y_per_class"], irnet["val_seed_miou"]) != (
+            rf["cam_peak_offset_y_per_class"], rf["val_seed_miou"])
+    proc = subprocess.run([sys.executable, str(BENCH / "cam_placement.py"), "--markdown",
+                           str(tmp_path / "placement.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "| round_0 | receptive_field | 0.000 |" in proc.stdout, proc.stderr[-2000:]
     proc = subprocess.run([sys.executable, str(BENCH / "rescore.py"), str(tmp_path / "nope")], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "not a run folder" in proc.stderr

@@ -419,3 +419,72 @@ def test_cam_peak_in_box_tells_a_peak_between_parts_from_one_elsewhere():
     loc = CamLocalisation(2)
     loc.update(edge, labels[:2], mask[:2])
     assert loc.compute()["cam_peak_in_box"] == 0.5
+
+
+class PooledDot(nn.Module):
+    """features(x) = a 9 x 9 box average at stride 8 with padding 4: cell i looks at pixels 8i - 4 .. 8i + 4,
+    centred on pixel 8i, as the tiny backbone's stride-2 3 x 3 layers centre theirs."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.ones_(self.head.weight)
+
+    def features(self, x, x_m=None, m_term=True):
+        return nn.functional.avg_pool2d(x, 9, stride=8, padding=4, count_include_pad=False)
+
+
+def test_cell_origin_places_cells_where_they_look_and_irnet_half_a_cell_lower():
+    x = torch.zeros(1, 3, 96, 96)
+    x[0, :, 40, 40] = 1.0  # a dot on the centre of cell (5, 5)'s receptive field
+    labels = torch.ones(1, 1)
+    peak = lambda cams: divmod(int(cams[0, 0].argmax()), 96)  # noqa: E731
+    for flip in (False, True):
+        placed = compute_cams(PooledDot(), x, labels, scales=(1.0,), flip=flip, cell_origin=0.0)
+        irnet = compute_cams(PooledDot(), x, labels, scales=(1.0,), flip=flip)
+        row, col = peak(placed)
+        assert row == 40 and (col == 40 if not flip else col in (39, 40))  # the flip's dot is seen from cell 7
+        row, col = peak(irnet)
+        assert row in (43, 44)  # 3.5 px lower: the centre of the cell's 8 x 8 block
+        top = (irnet[0, 0, row] >= irnet[0, 0, row].max() - 1e-6).nonzero().flatten().float()
+        if not flip:
+            assert col in (43, 44) and len(top) <= 2
+        else:  # the flip averages the horizontal offset away, blurring: a plateau 35.5 .. 43.5 around 39.5
+            assert abs(float(top.mean()) - 39.5) <= 0.5 and len(top) >= 7
+    # a view at another scale: the dot on pixels 80-81 of a 192-px image is pixel 40 of its 0.5 view, cell 5's
+    # centre, which lies at 80.5 of the image
+    big = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    half = compute_cams(PooledDot(), big, labels, scales=(0.5,), flip=False, cell_origin=0.0)
+    assert divmod(int(half[0, 0].argmax()), 192) in ((80, 80), (80, 81), (81, 80), (81, 81))
+    strided = compute_cams(PooledDot(), x, labels, scales=(1.0,), flip=False, cell_origin=0.0, return_strided=True)[1]
+    assert divmod(int(strided[0, 0].argmax()), 24) == (10, 10)  # pixel 40 at stride 4
+    with pytest.raises(ValueError, match="cell_origin must be None or a finite number"):
+        compute_cams(PooledDot(), x, labels, cell_origin=float("nan"))
+
+
+@pytest.mark.parametrize("name,stride,size", [("tiny", 8, 96), ("tiny", 4, 96), ("resnet18", 16, 512)])
+def test_backbones_centre_cell_i_on_pixel_stride_times_i(name, stride, size):
+    """``cell_origin=0`` is right for these backbones: with every kernel uniform and positive (batch norm the
+    identity), cell i's receptive field is symmetric about its centre, so the input gradient's centroid is it."""
+    from conta_kit.models.backbones import BACKBONES
+
+    net = BACKBONES[name](output_stride=stride).eval()
+    for parent in net.modules():  # a max pool's gradient picks one pixel of a tie; an average pool of the same
+        for key, m in parent.named_children():  # geometry spreads it evenly
+            if isinstance(m, nn.MaxPool2d):
+                setattr(parent, key, nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+    x = torch.ones(1, 3, size, size, requires_grad=True)
+    f = x
+    for stage in net.stages:
+        f = getattr(net, stage)(f)
+    i = f.shape[-1] // 2
+    (g,) = torch.autograd.grad(f[0, :, i, i].sum(), x)
+    a = g[0].sum(0)
+    at = torch.arange(size, dtype=torch.float64)
+    row, col = float((a.sum(1).double() * at).sum() / a.sum()), float((a.sum(0).double() * at).sum() / a.sum())
+    assert size // f.shape[-1] == stride
+    assert abs(row - stride * i) < 0.05 and abs(col - stride * i) < 0.05, (row, col, stride * i)

@@ -8,6 +8,14 @@ resized bilinearly (``align_corners=False``) to the input size ("high_res") and 
 divided by its own spatial max + 1e-5. One difference: IRNet resizes high_res to a multiple of 16 and
 crops; the kit resizes to H x W directly.
 
+Where a cell goes: resizing with ``align_corners=False`` puts cell i of a stride-s map at the centre of its
+s x s block of pixels, s i + (s - 1) / 2, but the stride-2 layers of the tiny backbone and of the ResNets (3 x 3
+with padding 1, 1 x 1 without; 7 x 7 with padding 3) centre its receptive field on pixel s i: IRNet's
+placement puts every CAM (s - 1) / 2 pixels below and right of where its cells look (3.5 px at stride 8, 7 px
+for the 0.5 view); the flip averages the horizontal offset away, not the vertical one. ``cell_origin`` places
+the cells at ``cell_origin + s i`` instead (0 for those backbones); ``benchmarks/cam_placement.py`` measures
+both placements on a run's classifiers.
+
 Speed: all images of a batch and their flips go through the model in one forward pass per scale (fewer
 with ``max_pixels``), optionally in channels-last memory format and under bf16/fp16 autocast
 (:func:`cam_precision`); the batch is normalised once before it is resized and flipped
@@ -96,7 +104,8 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
                  return_strided: bool = False, x_m: torch.Tensor | None = None,
                  m_term: bool | str = True, *, channels_last: bool = False, amp: str = "off",
-                 max_pixels: int | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                 max_pixels: int | None = None, cell_origin: float | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Multi-scale, flip-averaged, normalised CAMs.
 
     Args:
@@ -116,6 +125,11 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             units (AMX, AVX512-BF16), fp32 otherwise. CAMs are formed from the features in fp32 either way.
         max_pixels: at most this many input pixels (views x height x width) per forward pass; None puts every
             image of the batch and its flip through one pass per scale. Lower it to bound activation memory.
+        cell_origin: None (IRNet's placement: each view's CAM resized bilinearly, ``align_corners=False``, its
+            cells at the centres of their blocks) or the input pixel on which cell 0's receptive field is
+            centred (pixel centres at integers; 0 for the tiny backbone and the ResNets): every view's cell i
+            is then placed at ``cell_origin + stride * i`` of that view (:func:`place_cells`), flips un-flipped
+            after placing.
 
     Returns:
         (B, C, H, W) float in [0, 1]; then the strided map when asked; with ``m_term="both"`` a tuple
@@ -127,6 +141,8 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"m_term must be True, False or 'both', got {m_term!r}")
     if x_m is None and m_term is not True:
         raise ValueError("m_term=False/'both' needs x_m (only a ContaClassifier has an M term)")
+    if cell_origin is not None and not math.isfinite(cell_origin):
+        raise ValueError(f"cell_origin must be None or a finite number of pixels, got {cell_origin!r}")
     if x_m is not None and (x_m.dim() != 3 or x_m.shape[0] != images.shape[0]):
         raise ValueError(f"x_m must be (B, H, W) with B = {images.shape[0]}, got {tuple(x_m.shape)}")
     b, _, h, w = images.shape
@@ -159,6 +175,11 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             for j in range(len(terms)):
                 cam = parts[0][j] if len(parts) == 1 else torch.cat([p[j] for p in parts])
                 cam = torch.gather(cam, 1, rows[:, :, None, None].expand(-1, -1, *cam.shape[-2:]))
+                if cell_origin is not None:  # each view's cells placed where they look, then un-flipped
+                    for acc, size in ((high[j], (h, w)), (low[j], strided)):
+                        up = place_cells(cam, size, tuple(x.shape[-2:]), cell_origin)
+                        acc += (up[:b] + up[b:].flip(-1)) if flip else up
+                    continue
                 if flip:
                     cam = cam[:b] + cam[b:].flip(-1)
                 high[j] += F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
@@ -170,6 +191,21 @@ def compute_cams(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         if return_strided:
             out.append(_scatter_classes(normalize_cams(low[j], valid), order, c))
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def place_cells(maps: torch.Tensor, size: tuple[int, int], view: tuple[int, int], origin: float) -> torch.Tensor:
+    """(N, k, h', w') cell maps of views of ``view`` (H', W') pixels -> (N, k, *size) maps of the image those
+    views were resized from, cell i of each axis at ``origin + stride * i`` view pixels (pixel centres at
+    integers; the stride the power of two nearest H' / h'), bilinear between cells, the edge cells' values
+    beyond them."""
+    axes = []
+    for out, v, c in zip(size, view, maps.shape[-2:]):
+        stride = 2.0 ** round(math.log2(v / c))
+        at = (torch.arange(out, dtype=torch.float32, device=maps.device) + 0.5) * v / out - 0.5  # in view pixels
+        axes.append((at - origin) / stride * 2 / max(c - 1, 1) - 1)  # cell index, as grid_sample's -1..1
+    gy, gx = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    grid = torch.stack([gx, gy], -1).expand(len(maps), -1, -1, -1)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def present_classes(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

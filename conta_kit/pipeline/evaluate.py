@@ -20,7 +20,7 @@ from ..models import fold_batchnorm
 def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresholds: tuple[float, ...],
                   device: torch.device, paired: tuple[int, ...] | None, progress: bool = True,
                   keep_pseudo: bool = False, bf_thresholds: tuple[float, ...] = (), m_term: bool | str = True,
-                  grid: tuple[int, int] | None = None) -> dict[str, Any]:
+                  grid: tuple[int, int] | None = None, cell_origin: float | None = None) -> dict[str, Any]:
     """Seed mIoU for every threshold, CAM leakage, classification scores and (optionally) pseudo-masks.
 
     Boundary F is computed at ``bf_thresholds`` only. Items with ``x_m`` feed a CONTA classifier;
@@ -28,7 +28,8 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
     Diagnostics beside the scores (:mod:`conta_kit.cam.diagnostics`): where the CAM mass and peaks fall
     (``localisation``), with ``grid`` (the classifier's feature grid) the resolution ceiling's seed mIoU at
     every threshold (``ceiling_cms``), and on the benchmark the surround leakage split by paired / unpaired
-    context (``surround``).
+    context (``surround``). ``cell_origin``: where the CAMs' cells are placed (:func:`~conta_kit.cam.compute_cams`;
+    None: IRNet's placement, the pipeline's).
     """
     b = cfg.baseline
     n_labels = dataset.num_classes + 1
@@ -50,7 +51,7 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
         out = compute_cams(fast, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
-                           m_term=m_term, channels_last=True, amp=b.amp)
+                           m_term=m_term, channels_last=True, amp=b.amp, cell_origin=cell_origin)
         cams, cams_off = out if both else (out, None)
         local.update(cams, batch["labels"], batch["mask"])
         if surround is not None and "surround" in batch:
