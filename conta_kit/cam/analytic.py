@@ -11,10 +11,11 @@ crops; the kit resizes to H x W directly.
 Where a cell goes: resizing with ``align_corners=False`` puts cell i of a stride-s map at the centre of its
 s x s block of pixels, s i + (s - 1) / 2, but the stride-2 layers of the tiny backbone and of the ResNets (3 x 3
 with padding 1, 1 x 1 without; 7 x 7 with padding 3) centre its receptive field on pixel s i: IRNet's
-placement puts every CAM (s - 1) / 2 pixels below and right of where its cells look (3.5 px at stride 8, 7 px
-for the 0.5 view); the flip averages the horizontal offset away, not the vertical one. ``cell_origin`` places
-the cells at ``cell_origin + s i`` instead (0 for those backbones); ``benchmarks/cam_placement.py`` measures
-both placements on a run's classifiers.
+placement puts every CAM (s - 1) / 2 pixels below and right of its cells' receptive-field centres (3.5 px at
+stride 8, 7 px for the 0.5 view); the flip averages the horizontal offset away, not the vertical one.
+``cell_origin`` places the cells at ``cell_origin + s i`` instead (0 for those backbones). A trained cell need
+not look at its geometric centre: ``benchmarks/cam_placement.py`` measures where it does and scores the
+placements on a run's classifiers (the pipeline keeps IRNet's: docs/benchmark_health.md).
 
 Speed: all images of a batch and their flips go through the model in one forward pass per scale (fewer
 with ``max_pixels``), optionally in channels-last memory format and under bf16/fp16 autocast
