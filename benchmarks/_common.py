@@ -110,3 +110,23 @@ def overrides_from(pairs: list[list[str]]) -> dict[str, Any]:
         return {"true": True, "false": False, "none": None}.get(v.lower(), v)
 
     return {k: typed(v) for k, v in pairs}
+
+
+def mean_std_cell(values: list[float | None]) -> str:
+    """A table cell: the mean (± std over seeds when there are several) of the values that exist (a class absent
+    from val has no peak share), "—" when none does."""
+    from conta_kit.summary import mean_std
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    st = mean_std(values)
+    return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
+
+
+def best_on_val(evaluation: dict[str, Any], thresholds: tuple[float, ...]) -> tuple[float, float, float]:
+    """(threshold, seed mIoU, resolution ceiling) of an ``evaluate_cams`` result on val: the threshold of the grid
+    with the best seed mIoU, and the ceiling's best over the same grid."""
+    sweep = {t: evaluation["by_threshold"][str(t)]["miou"] for t in thresholds}
+    best = max(sweep, key=sweep.get)
+    return best, sweep[best], max(evaluation["ceiling_cms"][t].compute()["miou"] for t in thresholds)

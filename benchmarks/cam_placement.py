@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BASELINE_ARMS, arm_folder, emit, environment, finished_seeds
+from _common import BASELINE_ARMS, arm_folder, best_on_val, emit, environment, finished_seeds, mean_std_cell
 
 #: placement name -> how its cell_origin is found (None: IRNet's resize; "rf": 0; "measured": the centroid)
 PLACEMENTS = ("irnet", "receptive_field", "measured")
@@ -84,13 +84,11 @@ def score(job: tuple[str, int, str, tuple[float, ...] | None]) -> list[dict[str,
         t0 = time.perf_counter()
         g = cfg.baseline.threshold_grid
         out = evaluate_cams(model, val, cfg, g, torch.device("cpu"), None, False, grid=grid, cell_origin=origin)
-        sweep = {t: out["by_threshold"][str(t)]["miou"] for t in g}
-        ceiling = max(out["ceiling_cms"][t].compute()["miou"] for t in g)
-        best = max(sweep, key=sweep.get)
+        best, seed_miou, ceiling = best_on_val(out, g)
         loc = out["localisation"]
         rows.append({"arm": arm, "seed": seed, "placement": placement, "cell_origin": origin, "stride": stride,
                      "gradient_centre": list(centre), "cam_scales": list(cfg.baseline.cam_scales),
-                     "val_seed_miou": sweep[best], "best_threshold": best, "share_of_ceiling": sweep[best] / ceiling,
+                     "val_seed_miou": seed_miou, "best_threshold": best, "share_of_ceiling": seed_miou / ceiling,
                      **{k: loc[k] for k in ("cam_peak_on_object", "cam_peak_in_box", "cam_mass_in_object",
                                             "cam_peak_on_object_per_class", "cam_peak_offset_y_per_class")},
                      "classes": list(val.class_names), "seconds": round(time.perf_counter() - t0, 1)})
@@ -100,14 +98,7 @@ def score(job: tuple[str, int, str, tuple[float, ...] | None]) -> list[dict[str,
 def table(result: dict[str, Any]) -> str:
     """Per arm and placement: mean ± std over seeds, the paired difference from IRNet's placement, then the
     share of CAM peaks on the object per class."""
-    from conta_kit.summary import markdown_table, mean_std
-
-    def cell(values: list[float | None]) -> str:
-        values = [v for v in values if v is not None]  # a class absent from val has no peak share
-        if not values:
-            return "—"
-        st = mean_std(values)
-        return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
+    from conta_kit.summary import markdown_table
 
     rows, peaks = [], []
     irnet = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["placement"] == "irnet"}
@@ -117,11 +108,12 @@ def table(result: dict[str, Any]) -> str:
             got = [r for r in result["rows"] if r["arm"] == arm and r["placement"] == placement]
             if not got:
                 continue
-            origin = "—" if placement == "irnet" else cell([r["cell_origin"] for r in got])
-            diff = "—" if placement == "irnet" else cell([r["val_seed_miou"] - irnet[arm, r["seed"]] for r in got])
-            rows.append([arm, placement, origin, str(len(got)), *(cell([r[k] for r in got]) for k in (
+            origin = "—" if placement == "irnet" else mean_std_cell([r["cell_origin"] for r in got])
+            diff = "—" if placement == "irnet" else mean_std_cell(
+                [r["val_seed_miou"] - irnet[arm, r["seed"]] for r in got])
+            rows.append([arm, placement, origin, str(len(got)), *(mean_std_cell([r[k] for r in got]) for k in (
                 "val_seed_miou", "share_of_ceiling", "cam_peak_on_object", "cam_peak_in_box")), diff])
-            peaks.append([arm, placement, *(cell([r["cam_peak_on_object_per_class"][k] for r in got])
+            peaks.append([arm, placement, *(mean_std_cell([r["cam_peak_on_object_per_class"][k] for r in got])
                                             for k in range(len(classes)))])
     centres = [r["gradient_centre"] for r in result["rows"] if r["placement"] == "irnet"]
     stride = result["rows"][0]["stride"]

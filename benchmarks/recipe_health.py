@@ -41,7 +41,7 @@ import tempfile
 import time
 from typing import Any
 
-from _common import emit, environment, overrides_from
+from _common import best_on_val, emit, environment, mean_std_cell, overrides_from
 
 #: the earlier recipe: the ladder's first step
 EARLIER: dict[str, Any] = {"layout": "prior", "object_texture": "plain", "object_scale": 1.0, "aug_shift": 0,
@@ -104,14 +104,12 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
     grid = feature_grid(model, cfg)
     g = cfg.baseline.threshold_grid
     val = evaluate_cams(model, splits["val"], cfg, g, device, tuple(splits["train"].paired_context), False, grid=grid)
-    sweep = {t: val["by_threshold"][str(t)]["miou"] for t in g}
-    ceiling = {t: val["ceiling_cms"][t].compute()["miou"] for t in g}
-    best_t, best_c = max(sweep, key=sweep.get), max(ceiling, key=ceiling.get)
+    best_t, seed_miou, ceiling = best_on_val(val, g)
     loc = val["localisation"]
     return {"recipe": name, "params": params, "arm": arm, "seed": seed, "rho": rho,
             "train_rho": data["classifier_train"].rho if arm == "oracle" else rho,
-            "val_seed_miou": sweep[best_t], "best_threshold": best_t, "val_ceiling_miou": ceiling[best_c],
-            "share_of_ceiling": sweep[best_t] / ceiling[best_c], "cam_peak_on_object": loc["cam_peak_on_object"],
+            "val_seed_miou": seed_miou, "best_threshold": best_t, "val_ceiling_miou": ceiling,
+            "share_of_ceiling": seed_miou / ceiling, "cam_peak_on_object": loc["cam_peak_on_object"],
             "cam_mass_in_object": loc["cam_mass_in_object"], "object_pixel_share": loc["object_pixel_share"],
             "cam_empty_share": loc["cam_empty_share"],
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
@@ -155,14 +153,7 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
     """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score and the val
     seed mIoU minus ``reference``'s (default :func:`reference_step`: the preset), paired by seed, then each
     class's share of CAM peaks on its object and how far below the object they fall."""
-    from conta_kit.summary import markdown_table, mean_std
-
-    def cell(values: list[float | None]) -> str:
-        values = [v for v in values if v is not None]  # a class absent from val has no peak share (NaN)
-        if not values:
-            return "—"
-        st = mean_std(values)
-        return f"{st['mean']:.3f}" if len(values) == 1 else f"{st['mean']:.3f} ± {st['std']:.3f}"
+    from conta_kit.summary import markdown_table
 
     rows, peaks, boxes, offsets = [], [], [], []
     names = [r["name"] for r in result["ladder"]]
@@ -179,18 +170,18 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
             if not got:
                 continue
             label = f"rho {got[0]['rho']:g}" if arm == "baseline" else f"oracle (rho {got[0]['train_rho']:.2g})"
-            rows.append([name, label, str(len(got)), *(cell([r.get(k) for r in got]) for k in (
+            rows.append([name, label, str(len(got)), *(mean_std_cell([r.get(k) for r in got]) for k in (
                 "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_peak_in_box",
                 "cam_mass_in_object", "object_pixel_share")),
-                cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
+                mean_std_cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
                 if name != reference else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
-            peaks.append([name, label, *(cell(v) for v in per)])
+            peaks.append([name, label, *(mean_std_cell(v) for v in per)])
             if all("cam_peak_in_box_per_class" in r for r in got):  # files made before the measure lack it
                 per = [[r["cam_peak_in_box_per_class"][k] for r in got] for k in range(len(classes))]
-                boxes.append([name, label, *(cell(v) for v in per)])
+                boxes.append([name, label, *(mean_std_cell(v) for v in per)])
             off = [[r["cam_peak_offset_y_per_class"][k] for r in got] for k in range(len(classes))]
-            offsets.append([name, label, *(cell(v) for v in off)])
+            offsets.append([name, label, *(mean_std_cell(v) for v in off)])
     env = result["environment"]
     geo = markdown_table(["layout", "rho", "bits in the context's kind", "bits in its kind and extent"],
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
