@@ -125,6 +125,8 @@ class BaselineCfg:
             ResNets as IRNet's; ``OUTPUT_STRIDES`` lists each backbone's choices). "tiny" at 4 gives a 24 x 24 CAM
             grid at 96 px (the resolution ceiling rises) for about 2.3x the multiply-adds.
         cls_width: channel width of the "tiny" backbone (its last stage has 4 x width channels).
+        cls_padding: the "tiny" backbone's convolution border: "zeros" (as every torchvision CNN), "reflect" or
+            "replicate" (a cell then learns less about its distance from the image's edges).
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
@@ -153,6 +155,7 @@ class BaselineCfg:
     backbone: str = "tiny"
     output_stride: int | None = None
     cls_width: int = 32
+    cls_padding: str = "zeros"
     pretrained: str | None = None
     cls_epochs: int = 6
     cls_batch_size: int = 32
@@ -181,6 +184,10 @@ class BaselineCfg:
         if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES.get(self.backbone, ()):
             raise ValueError(f"output_stride must be None or one of {OUTPUT_STRIDES.get(self.backbone, ())} for "
                              f"backbone {self.backbone!r}, got {self.output_stride}")
+        if self.cls_padding not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"cls_padding must be 'zeros', 'reflect' or 'replicate', got {self.cls_padding!r}")
+        if self.cls_padding != "zeros" and self.backbone != "tiny":
+            raise ValueError(f"cls_padding {self.cls_padding!r} exists only for backbone 'tiny', not {self.backbone!r}")
         if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
             object.__setattr__(self, "pretrained", None)
         for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):

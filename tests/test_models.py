@@ -42,6 +42,27 @@ def test_tiny_output_stride_4_doubles_the_grid_and_keeps_the_receptive_field():
         build_classifier("tiny", 5, output_stride=2)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_tiny_padding_mode_hides_the_image_edges(mode):
+    from conta_kit.config import RunCfg
+    from conta_kit.methods.conta.steps import build_round_classifier
+
+    flat = torch.full((1, 3, 64, 64), 0.3)  # a flat image: only the border can make one cell differ from another
+    spread = {}
+    for pm in ("zeros", mode):
+        torch.manual_seed(0)
+        f = build_classifier("tiny", 5, padding_mode=pm).eval().features(flat)
+        spread[pm] = float((f - f.mean(dim=(2, 3), keepdim=True)).abs().max() / f.abs().mean())
+    assert spread["zeros"] > 1e-2 and spread[mode] < 1e-5, spread
+    cfg = RunCfg.from_params("smoke", cls_padding=mode)
+    model = build_round_classifier(cfg, 5, load_pretrained=False)
+    assert {c.padding_mode for c in model.backbone.modules() if isinstance(c, torch.nn.Conv2d)} == {mode}
+    with pytest.raises(ValueError, match="cls_padding must be 'zeros', 'reflect' or 'replicate', got 'circle'"):
+        RunCfg.from_params("smoke", cls_padding="circle")
+    with pytest.raises(ValueError, match="padding_mode 'reflect' exists only for the 'tiny' backbone"):
+        build_classifier("resnet18", 5, padding_mode="reflect")
+
+
 @pytest.mark.parametrize("os_, size", [(16, 4), (8, 8)])
 def test_resnet50_output_stride(os_, size):
     m = build_classifier("resnet50", 20, output_stride=os_)

@@ -22,9 +22,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def conv_bn(cin: int, cout: int, stride: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def conv_bn(cin: int, cout: int, stride: int, dilation: int = 1, padding_mode: str = "zeros") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False,
+                                   padding_mode=padding_mode), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 def check_output_stride(backbone: str, output_stride: int) -> None:
@@ -40,16 +43,20 @@ def pw_bn(cin: int, cout: int) -> nn.Sequential:
 class TinyBackbone(nn.Module):
     """A small CNN (4 x width channels) that trains on the embedded benchmark on a CPU: output stride 8 (the
     default) or 4 (layer2 keeps its input's resolution and its later convolutions dilate by 2, so every layer
-    sees the same image extent as at stride 8; about 2.3x the multiply-adds)."""
+    sees the same image extent as at stride 8; about 2.3x the multiply-adds). ``padding_mode`` is every
+    convolution's border ("zeros", as torchvision's; "reflect" or "replicate" tell a cell less about how far it
+    is from the image's edges)."""
 
-    def __init__(self, width: int = 32, output_stride: int = 8) -> None:
+    def __init__(self, width: int = 32, output_stride: int = 8, padding_mode: str = "zeros") -> None:
         super().__init__()
         check_output_stride("tiny", output_stride)
-        w, d = width, 8 // output_stride
-        self.stem = nn.Sequential(conv_bn(3, w, 2), conv_bn(w, w, 1))
-        self.layer1 = nn.Sequential(conv_bn(w, 2 * w, 2), conv_bn(2 * w, 2 * w, 1))
-        self.layer2 = nn.Sequential(conv_bn(2 * w, 4 * w, 2 // d), conv_bn(4 * w, 4 * w, 1, d))
-        self.layer3 = nn.Sequential(conv_bn(4 * w, 4 * w, 1, d), conv_bn(4 * w, 4 * w, 1, d))
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        w, d, pm = width, 8 // output_stride, padding_mode
+        self.stem = nn.Sequential(conv_bn(3, w, 2, padding_mode=pm), conv_bn(w, w, 1, padding_mode=pm))
+        self.layer1 = nn.Sequential(conv_bn(w, 2 * w, 2, padding_mode=pm), conv_bn(2 * w, 2 * w, 1, padding_mode=pm))
+        self.layer2 = nn.Sequential(conv_bn(2 * w, 4 * w, 2 // d, padding_mode=pm), conv_bn(4 * w, 4 * w, 1, d, pm))
+        self.layer3 = nn.Sequential(conv_bn(4 * w, 4 * w, 1, d, pm), conv_bn(4 * w, 4 * w, 1, d, pm))
         self.out_channels = 4 * w
         self.stages = ("stem", "layer1", "layer2", "layer3")
 
@@ -170,7 +177,8 @@ def _stride(kw: dict, name: str) -> int:
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "tiny": lambda **kw: TinyBackbone(width=kw.get("width", 32), output_stride=_stride(kw, "tiny")),
+    "tiny": lambda **kw: TinyBackbone(width=kw.get("width", 32), output_stride=_stride(kw, "tiny"),
+                                      padding_mode=kw.get("padding_mode", "zeros")),
     "resnet18": lambda **kw: ResNetBackbone("resnet18", _stride(kw, "resnet18"), kw.get("dilate", True)),
     "resnet50": lambda **kw: ResNetBackbone("resnet50", _stride(kw, "resnet50"), kw.get("dilate", True)),
     "resnet101": lambda **kw: ResNetBackbone("resnet101", _stride(kw, "resnet101"), kw.get("dilate", True)),
