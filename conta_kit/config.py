@@ -129,6 +129,8 @@ class BaselineCfg:
             "replicate" (a cell then learns less about its distance from the image's edges).
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
+        cls_head_lr_mult: the learning-rate factor of the classifier's CAM head (and of CONTA's new layers):
+            IRNet's 10, meant for a new head on a pretrained trunk.
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
             (IRNet: long side 320-640, crop 512); x_m gets exactly the same geometry. Off on the benchmark.
         aug_shift: random translation of each training image by up to this many pixels each way (0 = off; the
@@ -161,6 +163,7 @@ class BaselineCfg:
     cls_batch_size: int = 32
     cls_lr: float = 0.05
     cls_optimizer: str = "sgd"
+    cls_head_lr_mult: float = 10.0
     aug_scale: tuple[float, float] = (1.0, 1.0)
     aug_crop: int | None = None
     aug_shift: int = 0
@@ -193,7 +196,7 @@ class BaselineCfg:
         for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cls_lr", "seg_lr"):
+        for name in ("cls_lr", "seg_lr", "cls_head_lr_mult"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.num_workers < 0:

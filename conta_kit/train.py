@@ -49,6 +49,8 @@ class TrainCfg:
         epochs, batch_size, lr: as usual; ``lr`` is scaled by each param group's ``lr_mult``.
         optimizer: "sgd" (momentum, poly schedule) or "adamw" (poly schedule too).
         momentum, weight_decay, poly_power: SGD momentum, decoupled/L2 weight decay, poly exponent.
+        head_lr_mult: the learning-rate factor of the new layers (the CAM head; CONTA's M and attention) of a
+            model with ``param_groups(head_lr_mult)`` (IRNet: 10, for a new head on a pretrained trunk).
         amp: "auto" (bf16 autocast on CUDA and on a CPU with bf16 units, fp32 on other CPUs), "off", "bf16"
             (also on any CPU) or "fp16" (CUDA, with a gradient scaler); see :mod:`conta_kit.precision`.
         seed: seeds data order and randomness per epoch.
@@ -67,6 +69,7 @@ class TrainCfg:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    head_lr_mult: float = 10.0
     amp: str = "auto"
     seed: int = 0
     num_workers: int = 0
@@ -82,6 +85,8 @@ class TrainCfg:
             raise ValueError(f"compile must be True, False or a torch.compile backend name, got {self.compile!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not self.head_lr_mult > 0:
+            raise ValueError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
@@ -93,7 +98,7 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> 
 
 def make_optimizer(model: nn.Module, cfg: TrainCfg) -> torch.optim.Optimizer:
     """Optimiser over ``model.param_groups()`` when the model has it (each group keeps its ``lr_mult``)."""
-    groups = model.param_groups() if hasattr(model, "param_groups") else [
+    groups = model.param_groups(cfg.head_lr_mult) if hasattr(model, "param_groups") else [
         {"params": [p for p in model.parameters() if p.requires_grad], "lr_mult": 1.0}]
     groups = [dict(g, lr=cfg.lr * g.get("lr_mult", 1.0)) for g in groups if g["params"]]
     for g in groups:

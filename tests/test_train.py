@@ -41,6 +41,24 @@ def test_sgd_gets_keyword_arguments():
     assert isinstance(opt, torch.optim.SGD) and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4
 
 
+def test_head_lr_mult_reaches_the_cam_head():
+    from conta_kit.config import RunCfg
+    from conta_kit.models import build_classifier
+
+    model = build_classifier("tiny", 4)
+    head = model.head.weight
+    for mult in (10.0, 1.0, 2.5):
+        opt = make_optimizer(model, TrainCfg(lr=0.05, head_lr_mult=mult))
+        lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        assert lrs[id(head)] == pytest.approx(0.05 * mult)
+        assert lrs[id(next(model.backbone.parameters()))] == pytest.approx(0.05)
+    assert RunCfg.from_params("smoke", cls_head_lr_mult=1.0).baseline.cls_head_lr_mult == 1.0
+    with pytest.raises(ValueError, match="cls_head_lr_mult must be > 0, got 0"):
+        RunCfg.from_params("smoke", cls_head_lr_mult=0)
+    with pytest.raises(ValueError, match="head_lr_mult must be > 0"):
+        TrainCfg(head_lr_mult=-1)
+
+
 def test_fit_lowers_loss_and_follows_the_schedule():
     torch.manual_seed(0)
     net = Net()
