@@ -131,6 +131,7 @@ class BaselineCfg:
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         cls_head_lr_mult: the learning-rate factor of the classifier's CAM head (and of CONTA's new layers):
             IRNet's 10, meant for a new head on a pretrained trunk.
+        cls_weight_decay: the classifier's weight decay (IRNet: 1e-4).
         aug_scale, aug_crop: classifier augmentation besides the flip: random rescale range and crop size
             (IRNet: long side 320-640, crop 512); x_m gets exactly the same geometry. Off on the benchmark.
         aug_shift: random translation of each training image by up to this many pixels each way (0 = off; the
@@ -164,6 +165,7 @@ class BaselineCfg:
     cls_lr: float = 0.05
     cls_optimizer: str = "sgd"
     cls_head_lr_mult: float = 10.0
+    cls_weight_decay: float = 1e-4
     aug_scale: tuple[float, float] = (1.0, 1.0)
     aug_crop: int | None = None
     aug_shift: int = 0
@@ -199,6 +201,8 @@ class BaselineCfg:
         for name in ("cls_lr", "seg_lr", "cls_head_lr_mult"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.cls_weight_decay < 0:
+            raise ValueError(f"cls_weight_decay must be >= 0, got {self.cls_weight_decay}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.aug_shift < 0:

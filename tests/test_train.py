@@ -53,6 +53,9 @@ def test_head_lr_mult_reaches_the_cam_head():
         assert lrs[id(head)] == pytest.approx(0.05 * mult)
         assert lrs[id(next(model.backbone.parameters()))] == pytest.approx(0.05)
     assert RunCfg.from_params("smoke", cls_head_lr_mult=1.0).baseline.cls_head_lr_mult == 1.0
+    assert RunCfg.from_params("smoke", cls_weight_decay=5e-4).baseline.cls_weight_decay == 5e-4
+    with pytest.raises(ValueError, match="cls_weight_decay must be >= 0, got -1"):
+        RunCfg.from_params("smoke", cls_weight_decay=-1)
     with pytest.raises(ValueError, match="cls_head_lr_mult must be > 0, got 0"):
         RunCfg.from_params("smoke", cls_head_lr_mult=0)
     with pytest.raises(ValueError, match="head_lr_mult must be > 0"):

@@ -283,7 +283,8 @@ def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset],
     if w.finetune == "off":
         raise ValueError("finetune_classifier needs cfg.wood.finetune 'plain' or 'wood'")
     tcfg = TrainCfg(epochs=w.ft_epochs, batch_size=b.cls_batch_size, lr=w.ft_lr or b.cls_lr, optimizer=b.cls_optimizer,
-                    head_lr_mult=b.cls_head_lr_mult, seed=cfg.seed, num_workers=b.num_workers, amp=b.amp)
+                    head_lr_mult=b.cls_head_lr_mult, weight_decay=b.cls_weight_decay, seed=cfg.seed,
+                    num_workers=b.num_workers, amp=b.amp)
     ckpt_dir = rnd.checkpoint_dir("classifier_ft")
     desc = f"{w.finetune} ft r{round_index}"
     if w.finetune == "plain":

@@ -61,7 +61,8 @@ def train_classifier(cfg: RunCfg, rnd: RoundLayout, data: dict[str, Dataset], de
             and previous.final_classifier.exists():
         start_from_previous(model, previous, round_index)
     tcfg = TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
-                    head_lr_mult=b.cls_head_lr_mult, seed=cfg.seed, num_workers=b.num_workers, amp=b.amp)
+                    head_lr_mult=b.cls_head_lr_mult, weight_decay=b.cls_weight_decay, seed=cfg.seed,
+                    num_workers=b.num_workers, amp=b.amp)
     augment = _augment(cfg)
     hist = fit(model, train, lambda m, batch: multilabel_loss(m, augment(batch)), tcfg, device=device,
                collate_fn=collate, ckpt_dir=rnd.checkpoint_dir("classifier"), resume=resume, progress=progress,
