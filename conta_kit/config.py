@@ -127,6 +127,8 @@ class BaselineCfg:
         cls_width: channel width of the "tiny" backbone (its last stage has 4 x width channels).
         cls_padding: the "tiny" backbone's convolution border: "zeros" (as every torchvision CNN), "reflect" or
             "replicate" (a cell then learns less about its distance from the image's edges).
+        cls_depth: the number of 3 x 3 convolutions in the "tiny" backbone's last stage, >= 1 (CONTA's default
+            fusion feeds M into that stage): 2, a receptive field of 75 px at stride 8; each one adds 16 px.
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         cls_head_lr_mult: the learning-rate factor of the classifier's CAM head (and of CONTA's new layers):
@@ -159,6 +161,7 @@ class BaselineCfg:
     output_stride: int | None = None
     cls_width: int = 32
     cls_padding: str = "zeros"
+    cls_depth: int = 2
     pretrained: str | None = None
     cls_epochs: int = 6
     cls_batch_size: int = 32
@@ -193,6 +196,9 @@ class BaselineCfg:
             raise ValueError(f"cls_padding must be 'zeros', 'reflect' or 'replicate', got {self.cls_padding!r}")
         if self.cls_padding != "zeros" and self.backbone != "tiny":
             raise ValueError(f"cls_padding {self.cls_padding!r} exists only for backbone 'tiny', not {self.backbone!r}")
+        if self.cls_depth < 1 or (self.cls_depth != 2 and self.backbone != "tiny"):
+            raise ValueError(f"cls_depth must be >= 1, and other than 2 only for backbone 'tiny', got {self.cls_depth} "
+                             f"for {self.backbone!r}")
         if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
             object.__setattr__(self, "pretrained", None)
         for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):

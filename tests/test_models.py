@@ -42,6 +42,27 @@ def test_tiny_output_stride_4_doubles_the_grid_and_keeps_the_receptive_field():
         build_classifier("tiny", 5, output_stride=2)
 
 
+def test_tiny_depth_sets_the_receptive_field():
+    from conta_kit.config import RunCfg
+    from conta_kit.methods.conta.steps import build_round_classifier
+
+    extent = {}
+    for depth in (0, 1, 2, 3):
+        m = build_classifier("tiny", 5, depth=depth).eval()
+        img = torch.zeros(1, 3, 160, 160, requires_grad=True)
+        f = m.features(img)
+        f[0, :, f.shape[-2] // 2, f.shape[-1] // 2].sum().backward()
+        rows = img.grad.abs().sum(dim=(0, 1, 3)).nonzero()
+        extent[depth] = int(rows.max() - rows.min()) + 1
+    assert extent == {0: 43, 1: 59, 2: 75, 3: 91}, extent
+    cfg = RunCfg.from_params("smoke", cls_depth=3)
+    assert len(build_round_classifier(cfg, 5, load_pretrained=False).backbone.layer3) == 3
+    with pytest.raises(ValueError, match="cls_depth must be >= 1, and other than 2 only for backbone 'tiny', got 0"):
+        RunCfg.from_params("smoke", cls_depth=0)
+    with pytest.raises(ValueError, match="depth 3 exists only for the 'tiny' backbone"):
+        build_classifier("resnet18", 5, depth=3)
+
+
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 def test_tiny_padding_mode_hides_the_image_edges(mode):
     from conta_kit.config import RunCfg

@@ -111,7 +111,8 @@ class Classifier(nn.Module):
 def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | None = None,
                      output_stride: int | None = None,
                      *, dilate: bool = True, freeze_bn: bool | None = None, freeze_stem: bool | None = None,
-                     detach_until: str | None = "irnet", width: int = 32, padding_mode: str = "zeros") -> Classifier:
+                     detach_until: str | None = "irnet", width: int = 32, padding_mode: str = "zeros",
+                     depth: int = 2) -> Classifier:
     """Build a CAM classifier.
 
     Args:
@@ -126,8 +127,9 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
             as IRNet does.
         freeze_bn, freeze_stem: IRNet's choices; default True for ResNets, False for "tiny".
         detach_until: "irnet" = "layer2" for ResNets and None for "tiny"; or a stage name, or None.
-        width, padding_mode: the "tiny" backbone's channel width and convolution border ("zeros", "reflect",
-            "replicate"); the other backbones keep their own and take only "zeros".
+        width, padding_mode, depth: the "tiny" backbone's channel width, convolution border ("zeros", "reflect",
+            "replicate") and number of convolutions in its last stage; the other backbones keep their own (only
+            "zeros" and 2 are accepted for them).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
@@ -135,7 +137,10 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if padding_mode != "zeros" and backbone != "tiny":
         raise ValueError(f"padding_mode {padding_mode!r} exists only for the 'tiny' backbone, not {backbone!r}")
-    net = BACKBONES[backbone](output_stride=output_stride, dilate=dilate, width=width, padding_mode=padding_mode)
+    if depth != 2 and backbone != "tiny":
+        raise ValueError(f"depth {depth} exists only for the 'tiny' backbone, not {backbone!r}")
+    net = BACKBONES[backbone](output_stride=output_stride, dilate=dilate, width=width, padding_mode=padding_mode,
+                              depth=depth)
     pretrained_trunk = backbone != "tiny"  # ResNets and EfficientNet-Lite0: IRNet's defaults apply
     if pretrained is not None:
         if not pretrained_trunk:

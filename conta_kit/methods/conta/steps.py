@@ -28,7 +28,7 @@ def build_round_classifier(cfg: RunCfg, num_classes: int, confounders: Confounde
     ``load_pretrained=False`` skips ``cfg.baseline.pretrained`` (when a checkpoint is loaded next)."""
     b, c = cfg.baseline, cfg.conta
     model: torch.nn.Module = build_classifier(b.backbone, num_classes, width=b.cls_width, output_stride=b.output_stride,
-                                              padding_mode=b.cls_padding,
+                                              padding_mode=b.cls_padding, depth=b.cls_depth,
                                               pretrained=b.pretrained if load_pretrained else None)
     if confounders is not None:
         if c.shuffle_prototypes:
