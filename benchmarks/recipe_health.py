@@ -115,6 +115,7 @@ def probe(job: tuple[str, dict[str, Any], str, int, float, str]) -> dict[str, An
             "cam_peak_on_object_per_class": loc["cam_peak_on_object_per_class"],
             "cam_peak_in_box": loc["cam_peak_in_box"], "cam_peak_in_box_per_class": loc["cam_peak_in_box_per_class"],
             "cam_peak_offset_y_per_class": loc["cam_peak_offset_y_per_class"],
+            **{k: loc[k] for k in ("cam_peak_on", "cam_peak_on_per_class") if k in loc},
             "classes": list(splits["val"].class_names),
             "classifier_images": len(data.get("classifier_train", data["train"])), "classifier_s": round(train_s, 1)}
 
@@ -155,7 +156,7 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
     class's share of CAM peaks on its object and how far below the object they fall."""
     from conta_kit.summary import markdown_table
 
-    rows, peaks, boxes, offsets = [], [], [], []
+    rows, peaks, boxes, offsets, places = [], [], [], [], []
     names = [r["name"] for r in result["ladder"]]
     if reference is None:
         reference = reference_step(result)
@@ -182,6 +183,12 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
                 boxes.append([name, label, *(mean_std_cell(v) for v in per)])
             off = [[r["cam_peak_offset_y_per_class"][k] for r in got] for k in range(len(classes))]
             offsets.append([name, label, *(mean_std_cell(v) for v in off)])
+            if all("cam_peak_on_per_class" in r for r in got):  # files made before the measure lack it
+                for place in got[0]["cam_peak_on_per_class"]:
+                    if place == "own object":  # the table above
+                        continue
+                    per = [[r["cam_peak_on_per_class"][place][k] for r in got] for k in range(len(classes))]
+                    places.append([name, label, place, *(mean_std_cell(v) for v in per)])
     env = result["environment"]
     geo = markdown_table(["layout", "rho", "bits in the context's kind", "bits in its kind and extent"],
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
@@ -193,6 +200,9 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
             + ("\nShare of CAM peaks in the object's box (the pointing game, no tolerance), per class:\n\n"
                + markdown_table(["recipe", "classifier trained at", *classes], boxes) if boxes else "")
+            + ("\nWhat the CAM peaks that miss their object lie on, per class (shares of all peaks; with the "
+               "share on the object above they sum to 1):\n\n"
+               + markdown_table(["recipe", "classifier trained at", "peak on", *classes], places) if places else "")
             + "\nHow far below its object's mean row the CAM peaks, per class (fraction of the image height; "
               "negative: above):\n\n" + markdown_table(["recipe", "classifier trained at", *classes], offsets)
             + f"\nMachine: {env['cpu_model']}, one thread per job; {result['wall_s']:.0f} s in all.\n")

@@ -421,6 +421,41 @@ def test_cam_peak_in_box_tells_a_peak_between_parts_from_one_elsewhere():
     assert loc.compute()["cam_peak_in_box"] == 0.5
 
 
+def test_cam_peak_on_says_what_a_missed_peak_lies_on():
+    from conta_kit.cam.diagnostics import PEAK_PLACES, CamLocalisation
+
+    # two classes; class 0 pairs with context 0, class 1 with context 1
+    mask = torch.zeros(3, 8, 8, dtype=torch.long)
+    mask[:, 1, 1], mask[:, 5, 5], mask[:, 7, 7] = 1, 2, 255
+    ctx = torch.full((3, 8, 8), -1, dtype=torch.long)
+    ctx[:, 3, :4], ctx[:, 6, :4] = 0, 1
+    labels = torch.ones(3, 2)
+    cams = torch.zeros(3, 2, 8, 8)
+    cams[0, 0, 3, 0] = 1.0  # class 0 on its paired context
+    cams[0, 1, 1, 1] = 1.0  # class 1 on class 0's object
+    cams[1, 0, 1, 1] = 1.0  # on its own object
+    cams[1, 1, 0, 7] = 1.0  # on the backdrop
+    cams[2, 0, 6, 2] = 1.0  # on another class's context
+    cams[2, 1, 7, 7] = 1.0  # on an unlabelled pixel
+    loc = CamLocalisation(2)
+    loc.update(cams, labels, mask)
+    assert "cam_peak_on" not in loc.compute()  # no context map given: nothing to say
+    loc = CamLocalisation(2)
+    loc.update(cams, labels, mask, ctx, (0, 1))
+    out = loc.compute()
+    assert set(out["cam_peak_on"]) == set(PEAK_PLACES)
+    assert out["cam_peak_on_per_class"]["paired context"] == pytest.approx([1 / 3, 0.0])
+    assert out["cam_peak_on_per_class"]["own object"] == pytest.approx([1 / 3, 0.0])
+    assert out["cam_peak_on_per_class"]["other context"] == pytest.approx([1 / 3, 0.0])
+    assert out["cam_peak_on_per_class"]["other object"] == pytest.approx([0.0, 1 / 3])
+    assert out["cam_peak_on_per_class"]["backdrop"] == pytest.approx([0.0, 1 / 3])
+    assert out["cam_peak_on_per_class"]["unlabelled"] == pytest.approx([0.0, 1 / 3])
+    assert sum(out["cam_peak_on"].values()) == pytest.approx(1.0)
+    assert out["cam_peak_on"]["own object"] == pytest.approx(out["cam_peak_on_object"])
+    with pytest.raises(ValueError, match="paired \\(1\\) the 2 classes"):
+        loc.update(cams, labels, mask, ctx, (0,))
+
+
 class PooledDot(nn.Module):
     """features(x) = a 9 x 9 box average at stride 8 with padding 4: cell i looks at pixels 8i - 4 .. 8i + 4,
     centred on pixel 8i, as the tiny backbone's stride-2 3 x 3 layers centre theirs."""

@@ -57,6 +57,10 @@ def _in_box(obj: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Te
     return (rows.any(2) & (r0 <= row) & (row <= r1) & (c0 <= col) & (col <= c1)).float()
 
 
+#: what a CAM's peak pixel can lie on (:class:`CamLocalisation`'s ``cam_peak_on``)
+PEAK_PLACES = ("own object", "other object", "paired context", "other context", "backdrop", "unlabelled")
+
+
 class CamLocalisation:
     """Accumulates, over (image, present class) pairs: the share of the CAM's mass on the class's own pixels,
     the object's share of the image's labelled pixels (the level a CAM that does not localise reaches), and
@@ -66,6 +70,11 @@ class CamLocalisation:
     row lies below the object's mean row (``cam_peak_offset_y_per_class``, a fraction of the image height;
     negative: above): a CAM that sits on a ground band under its object, or is pushed away from the image's
     edge, shows here.
+
+    Given the benchmark's context map and pairing, also what the peak pixel lies on (``cam_peak_on_per_class``,
+    shares of :data:`PEAK_PLACES` per class, and ``cam_peak_on`` over all pairs): the object itself, another
+    object, the class's paired context, another context, the backdrop or an unlabelled pixel; a CAM that misses
+    its object by a near miss, by a confounder or by the image's edge looks different here.
 
     A CAM with no mass anywhere (the classifier found no positive evidence for a present class: a collapsed
     training) has no peak; such pairs are left out of the scores above and counted in ``cam_empty_share``."""
@@ -77,10 +86,14 @@ class CamLocalisation:
         # per class: which classes' CAMs sit on their objects and which on something else (a context shortcut)
         self.class_sums = torch.zeros(4, num_classes, dtype=torch.float64)  # mass in, peak hits, box hits, pairs
         self.offset_sums = torch.zeros(num_classes, dtype=torch.float64)  # peak row - object's mean row
+        self.place_sums = torch.zeros(len(PEAK_PLACES), num_classes, dtype=torch.float64)
+        self.placed = False
 
     @torch.no_grad()
-    def update(self, cams: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
-        """CAMs (B, C, H, W) >= 0, labels (B, C), ground truth (B, H, W)."""
+    def update(self, cams: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+               context_mask: torch.Tensor | None = None, paired: tuple[int, ...] | None = None) -> None:
+        """CAMs (B, C, H, W) >= 0, labels (B, C), ground truth (B, H, W); optionally the context id of each
+        pixel (B, H, W; -1 where none) and each class's paired context id, for ``cam_peak_on``."""
         if cams.shape[:2] != labels.shape or cams.shape[2:] != mask.shape[1:] or labels.shape[1] != self.num_classes:
             raise ValueError(f"cams {tuple(cams.shape)}, labels {tuple(labels.shape)} and mask {tuple(mask.shape)} "
                              f"do not fit {self.num_classes} classes")
@@ -108,6 +121,22 @@ class CamLocalisation:
         centre = (obj_rows * rows).sum(2) / obj_rows.sum(2).clamp_min(1)
         peak_row = (arg[..., 0] // cams.shape[3]).double()
         self.offset_sums += (((peak_row - centre) / h).cpu() * u).sum(0)
+        if context_mask is not None and paired is not None:
+            if context_mask.shape != mask.shape or len(paired) != self.num_classes:
+                raise ValueError(f"context_mask {tuple(context_mask.shape)} must match mask {tuple(mask.shape)} and "
+                                 f"paired ({len(paired)}) the {self.num_classes} classes")
+            self.placed = True
+            at = mask.flatten(1).gather(1, arg[..., 0])  # (B, C): the label under each CAM's peak
+            ctx = context_mask.flatten(1).gather(1, arg[..., 0])
+            own = torch.arange(1, self.num_classes + 1, device=at.device)[None]
+            pair = torch.as_tensor(paired, device=ctx.device)[None]
+            place = torch.full_like(at, PEAK_PLACES.index("backdrop"))
+            for name, hit in (("other context", ctx >= 0), ("paired context", ctx == pair),
+                              ("unlabelled", at == 255), ("other object", (at > 0) & (at != 255)),
+                              ("own object", at == own)):  # later rows win
+                place = torch.where(hit, torch.full_like(place, PEAK_PLACES.index(name)), place)
+            onehot = F.one_hot(place.cpu(), len(PEAK_PLACES)).double() * u[..., None]  # (B, C, P)
+            self.place_sums += onehot.sum(0).T
 
     def compute(self) -> dict[str, float]:
         n = self.n or math.nan
@@ -116,7 +145,14 @@ class CamLocalisation:
         per[:, pairs == 0] = math.nan
         offset = self.offset_sums / pairs.clamp_min(1)
         offset[pairs == 0] = math.nan
-        return {"cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
+        out: dict = {}
+        if self.placed:
+            shares = self.place_sums / pairs.clamp_min(1)
+            shares[:, pairs == 0] = math.nan
+            total_n = float(pairs.sum()) or math.nan
+            out = {"cam_peak_on": {p: float(self.place_sums[i].sum()) / total_n for i, p in enumerate(PEAK_PLACES)},
+                   "cam_peak_on_per_class": {p: shares[i].tolist() for i, p in enumerate(PEAK_PLACES)}}
+        return {**out, "cam_mass_in_object": self.mass_in / n, "object_pixel_share": self.pixel_share / n,
                 "cam_peak_on_object": self.peak_hits / n, "cam_peak_in_box": self.box_hits / n, "num_pairs": self.n,
                 "cam_empty_share": 1 - self.n / self.n_present if self.n_present else math.nan,
                 "cam_mass_in_object_per_class": per[0].tolist(), "cam_peak_on_object_per_class": per[1].tolist(),

@@ -53,7 +53,7 @@ def evaluate_cams(model: torch.nn.Module, dataset: Dataset, cfg: RunCfg, thresho
         out = compute_cams(fast, batch["image"], batch["labels"], scales=b.cam_scales, flip=b.cam_flip, x_m=x_m,
                            m_term=m_term, channels_last=True, amp=b.amp, cell_origin=cell_origin)
         cams, cams_off = out if both else (out, None)
-        local.update(cams, batch["labels"], batch["mask"])
+        local.update(cams, batch["labels"], batch["mask"], batch.get("context_mask"), paired)
         if surround is not None and "surround" in batch:
             surround.update(cams, batch["surround"], batch["surround_paired"])
         ceiling_maps = ceiling_cams(batch["mask"], batch["labels"], grid) if ceiling else None
