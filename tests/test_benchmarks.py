@@ -202,8 +202,11 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     text = doc.read_text()
     assert "paired by seed" in text and "context's geometry" not in text
     # two arms in each of the four tables (scores; peaks on the object, in its box, below it), once though in two
-    # files
-    assert text.count("| +aug_shift=5 |") == 8 and "in the object's box (the pointing game" in text
+    # files, and in the table of what the other peaks lie on one row per arm and place
+    from conta_kit.cam.diagnostics import PEAK_PLACES
+
+    assert text.count("| +aug_shift=5 |") == 8 + 2 * (len(PEAK_PLACES) - 1)
+    assert "in the object's box (the pointing game" in text and "| +aug_shift=5 | rho 0.5 | paired context |" in text
     # the paired differences against a step named with --reference (default: the last ladder step scored)
     assert "minus +strip's" in text
     diff = rows[4]["val_seed_miou"] - rows[0]["val_seed_miou"]  # +aug_shift=5 minus prior, baseline, seed 0
