@@ -24,6 +24,8 @@ LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
 OBJECT_TEXTURES = ("plain", "pattern")
 TRAIN_WINDOWS = ("open", "glass")
 #: each classifier backbone's output strides, its default first (:mod:`conta_kit.models.backbones`)
+#: the "tiny" backbone's convolution borders (``BaselineCfg.cls_padding``)
+PADDING_MODES = ("zeros", "reflect", "replicate")
 OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"tiny": (8, 4), "resnet18": (16, 8, 32), "resnet50": (16, 8, 32),
                                               "resnet101": (16, 8, 32), "efficientnet_lite0": (16, 8, 32)}
 
@@ -192,7 +194,7 @@ class BaselineCfg:
         if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES.get(self.backbone, ()):
             raise ValueError(f"output_stride must be None or one of {OUTPUT_STRIDES.get(self.backbone, ())} for "
                              f"backbone {self.backbone!r}, got {self.output_stride}")
-        if self.cls_padding not in ("zeros", "reflect", "replicate"):
+        if self.cls_padding not in PADDING_MODES:
             raise ValueError(f"cls_padding must be 'zeros', 'reflect' or 'replicate', got {self.cls_padding!r}")
         if self.cls_padding != "zeros" and self.backbone != "tiny":
             raise ValueError(f"cls_padding {self.cls_padding!r} exists only for backbone 'tiny', not {self.backbone!r}")

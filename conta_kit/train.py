@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
+from .config import BaselineCfg
 from .io import atomic_torch_save, load_torch
 from .precision import AMP_MODES, autocast
 from .progress import tqdm
@@ -87,6 +88,15 @@ class TrainCfg:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if not self.head_lr_mult > 0:
             raise ValueError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
+
+
+def classifier_train_cfg(b: BaselineCfg, seed: int, **changes: Any) -> TrainCfg:
+    """The classifier's optimisation settings from ``b`` (epochs, batch, lr, optimizer, head lr factor, weight decay,
+    workers, precision), shared by every round's training and W-OoD's fine-tuning; ``changes`` replaces fields
+    (the fine-tuning's own epochs and lr)."""
+    return replace(TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
+                            head_lr_mult=b.cls_head_lr_mult, weight_decay=b.cls_weight_decay, seed=seed,
+                            num_workers=b.num_workers, amp=b.amp), **changes)
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:

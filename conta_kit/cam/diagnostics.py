@@ -134,7 +134,7 @@ class CamLocalisation:
             for name, hit in (("other context", ctx >= 0), ("paired context", ctx == pair),
                               ("unlabelled", at == 255), ("other object", (at > 0) & (at != 255)),
                               ("own object", at == own)):  # later rows win
-                place = torch.where(hit, torch.full_like(place, PEAK_PLACES.index(name)), place)
+                place = place.masked_fill(hit, PEAK_PLACES.index(name))
             onehot = F.one_hot(place.cpu(), len(PEAK_PLACES)).double() * u[..., None]  # (B, C, P)
             self.place_sums += onehot.sum(0).T
 

@@ -34,7 +34,7 @@ from ..data import collate
 from ..infer import batches
 from ..io import RoundLayout, atomic_torch_save, atomic_write_text, load_torch
 from ..models import eval_mode
-from ..train import TrainCfg, fit, multilabel_loss
+from ..train import classifier_train_cfg, fit, multilabel_loss
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,7 @@ def finetune_classifier(cfg: RunCfg, model: nn.Module, data: dict[str, Dataset],
     w, b = cfg.wood, cfg.baseline
     if w.finetune == "off":
         raise ValueError("finetune_classifier needs cfg.wood.finetune 'plain' or 'wood'")
-    tcfg = TrainCfg(epochs=w.ft_epochs, batch_size=b.cls_batch_size, lr=w.ft_lr or b.cls_lr, optimizer=b.cls_optimizer,
-                    head_lr_mult=b.cls_head_lr_mult, weight_decay=b.cls_weight_decay, seed=cfg.seed,
-                    num_workers=b.num_workers, amp=b.amp)
+    tcfg = classifier_train_cfg(b, cfg.seed, epochs=w.ft_epochs, lr=w.ft_lr or b.cls_lr)
     ckpt_dir = rnd.checkpoint_dir("classifier_ft")
     desc = f"{w.finetune} ft r{round_index}"
     if w.finetune == "plain":

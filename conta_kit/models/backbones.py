@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -14,15 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import OUTPUT_STRIDES
+from ..config import OUTPUT_STRIDES, PADDING_MODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-PADDING_MODES = ("zeros", "reflect", "replicate")
 
 
 def conv_bn(cin: int, cout: int, stride: int, dilation: int = 1, padding_mode: str = "zeros") -> nn.Sequential:
@@ -53,13 +51,13 @@ class TinyBackbone(nn.Module):
         check_output_stride("tiny", output_stride)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        w, d, pm = width, 8 // output_stride, padding_mode
-        self.stem = nn.Sequential(conv_bn(3, w, 2, padding_mode=pm), conv_bn(w, w, 1, padding_mode=pm))
-        self.layer1 = nn.Sequential(conv_bn(w, 2 * w, 2, padding_mode=pm), conv_bn(2 * w, 2 * w, 1, padding_mode=pm))
-        self.layer2 = nn.Sequential(conv_bn(2 * w, 4 * w, 2 // d, padding_mode=pm), conv_bn(4 * w, 4 * w, 1, d, pm))
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
-        self.layer3 = nn.Sequential(*(conv_bn(4 * w, 4 * w, 1, d, pm) for _ in range(depth)))
+        w, d, conv = width, 8 // output_stride, functools.partial(conv_bn, padding_mode=padding_mode)
+        self.stem = nn.Sequential(conv(3, w, 2), conv(w, w, 1))
+        self.layer1 = nn.Sequential(conv(w, 2 * w, 2), conv(2 * w, 2 * w, 1))
+        self.layer2 = nn.Sequential(conv(2 * w, 4 * w, 2 // d), conv(4 * w, 4 * w, 1, d))
+        self.layer3 = nn.Sequential(*(conv(4 * w, 4 * w, 1, d) for _ in range(depth)))
         self.out_channels = 4 * w
         self.stages = ("stem", "layer1", "layer2", "layer3")
 

@@ -36,7 +36,7 @@ from ..methods.conta.steps import (
 from ..methods.wood import finetune_classifier
 from ..metrics import multilabel_map
 from ..models import build_segmenter
-from ..train import TrainCfg, checkpoint_progress, fit, multilabel_loss, segmentation_loss
+from ..train import TrainCfg, checkpoint_progress, classifier_train_cfg, fit, multilabel_loss, segmentation_loss
 from .evaluate import evaluate_cams, evaluate_segmenter
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def train_classifier(cfg: RunCfg, rnd: RoundLayout, data: dict[str, Dataset], de
     if confounders is not None and cfg.conta.init == "previous" and previous is not None \
             and previous.final_classifier.exists():
         start_from_previous(model, previous, round_index)
-    tcfg = TrainCfg(epochs=b.cls_epochs, batch_size=b.cls_batch_size, lr=b.cls_lr, optimizer=b.cls_optimizer,
-                    head_lr_mult=b.cls_head_lr_mult, weight_decay=b.cls_weight_decay, seed=cfg.seed,
-                    num_workers=b.num_workers, amp=b.amp)
+    tcfg = classifier_train_cfg(b, cfg.seed)
     augment = _augment(cfg)
     hist = fit(model, train, lambda m, batch: multilabel_loss(m, augment(batch)), tcfg, device=device,
                collate_fn=collate, ckpt_dir=rnd.checkpoint_dir("classifier"), resume=resume, progress=progress,
