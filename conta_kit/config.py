@@ -23,9 +23,11 @@ PRESETS = ("smoke", "default", "bench", "gpu", "voc")
 LAYOUTS = ("prior", "prior_strip", "prior_class_surround", "uniform")
 OBJECT_TEXTURES = ("plain", "pattern")
 TRAIN_WINDOWS = ("open", "glass")
-#: each classifier backbone's output strides, its default first (:mod:`conta_kit.models.backbones`)
 #: the "tiny" backbone's convolution borders (``BaselineCfg.cls_padding``)
 PADDING_MODES = ("zeros", "reflect", "replicate")
+#: how a classifier pools its class scores into logits (``BaselineCfg.cls_pooling``)
+POOLINGS = ("gap", "max", "lse")
+#: each classifier backbone's output strides, its default first (:mod:`conta_kit.models.backbones`)
 OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"tiny": (8, 4), "resnet18": (16, 8, 32), "resnet50": (16, 8, 32),
                                               "resnet101": (16, 8, 32), "efficientnet_lite0": (16, 8, 32)}
 
@@ -131,6 +133,10 @@ class BaselineCfg:
             "replicate" (a cell then learns less about its distance from the image's edges).
         cls_depth: the number of 3 x 3 convolutions in the "tiny" backbone's last stage, >= 1 (CONTA's default
             fusion feeds M into that stage): 2, a receptive field of 75 px at stride 8; each one adds 16 px.
+        cls_pooling, cls_lse_r: how the class-score map becomes logits: "gap" (IRNet's and CONTA's: every cell
+            counts alike), "max" (the highest cell) or "lse" (log-sum-exp with sharpness ``cls_lse_r``, between the
+            two); the CAM is the same map under all three (:func:`conta_kit.models.classifier.pool_logits`).
+            W-OoD's terms are defined on GAP features, so ``finetune="wood"`` needs "gap".
         pretrained: None, "imagenet" or a path to a torchvision ResNet state dict.
         cls_epochs, cls_batch_size, cls_lr, cls_optimizer: classifier training (SGD-poly by default).
         cls_head_lr_mult: the learning-rate factor of the classifier's CAM head (and of CONTA's new layers):
@@ -164,6 +170,8 @@ class BaselineCfg:
     cls_width: int = 32
     cls_padding: str = "zeros"
     cls_depth: int = 2
+    cls_pooling: str = "gap"
+    cls_lse_r: float = 5.0
     pretrained: str | None = None
     cls_epochs: int = 6
     cls_batch_size: int = 32
@@ -201,6 +209,10 @@ class BaselineCfg:
         if self.cls_depth < 1 or (self.cls_depth != 2 and self.backbone != "tiny"):
             raise ValueError(f"cls_depth must be >= 1, and other than 2 only for backbone 'tiny', got {self.cls_depth} "
                              f"for {self.backbone!r}")
+        if self.cls_pooling not in POOLINGS:
+            raise ValueError(f"cls_pooling must be one of {POOLINGS}, got {self.cls_pooling!r}")
+        if not self.cls_lse_r > 0:
+            raise ValueError(f"cls_lse_r must be > 0, got {self.cls_lse_r}")
         if isinstance(self.pretrained, str) and self.pretrained.lower() == "none":  # "-p pretrained none"
             object.__setattr__(self, "pretrained", None)
         for name in ("cls_width", "cls_epochs", "cls_batch_size", "seg_epochs", "seg_batch_size", "eval_batch_size"):
@@ -398,6 +410,9 @@ class RunCfg:
         if self.baseline.aug_shift >= self.data.image_size:  # every image would leave the frame
             raise ValueError(f"aug_shift ({self.baseline.aug_shift}) must be smaller than image_size "
                              f"({self.data.image_size})")
+        if self.wood.finetune == "wood" and self.baseline.cls_pooling != "gap":
+            raise ValueError(f"finetune='wood' needs cls_pooling='gap' (its metric and OoD terms use the GAP features "
+                             f"the head sees), got {self.baseline.cls_pooling!r}")
         if self.wood.finetune == "wood" and self.data_source != "scenes":
             raise ValueError(f"finetune='wood' needs background-only images, which only the embedded benchmark "
                              f"provides; data_source={self.data_source!r} supports finetune 'off' or 'plain'")

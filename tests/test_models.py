@@ -63,6 +63,57 @@ def test_tiny_depth_sets_the_receptive_field():
         build_classifier("resnet18", 5, depth=3)
 
 
+def test_pooling_turns_the_cam_map_into_logits():
+    from conta_kit.config import RunCfg
+    from conta_kit.data.splits import load_splits
+    from conta_kit.methods.conta.steps import build_round_classifier, feature_grid, ground_truth_ingredients
+    from conta_kit.methods.wood import pooled_features
+    from conta_kit.models import pool_logits
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    gap = build_classifier("tiny", 4).eval()
+    with torch.no_grad():
+        gap.head.weight.mul_(1000.0)  # class scores of order 1 (an untrained head's are about 1e-3)
+        f = gap.features(x)
+        cam = torch.nn.functional.conv2d(f, gap.head.weight).flatten(2)  # the CAM map, (B, C, h * w)
+        assert torch.equal(gap(x), gap.head(f.mean(dim=(2, 3), keepdim=True)).flatten(1))  # IRNet's order, as before
+        logits = {}
+        for pooling, r in (("max", 5.0), ("lse", 5.0), ("lse", 1e-2), ("lse", 1e4)):
+            m = build_classifier("tiny", 4, pooling=pooling, lse_r=r).eval()
+            m.load_state_dict(gap.state_dict())
+            logits[pooling, r] = m(x)
+    torch.testing.assert_close(logits["max", 5.0], cam.amax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits["lse", 1e-2], cam.mean(-1), atol=1e-2, rtol=0)
+    torch.testing.assert_close(logits["lse", 1e4], cam.amax(-1), atol=1e-3, rtol=0)
+    lse, spread = logits["lse", 5.0], cam.amax(-1) - cam.mean(-1)
+    assert float(spread.min()) > 0.1
+    assert bool((lse > cam.mean(-1) + 0.05 * spread).all() and (lse < cam.amax(-1) - 0.05 * spread).all())
+    # max pooling: each logit's gradient reaches the features at one cell only
+    m = build_classifier("tiny", 4, pooling="max").eval()
+    f = m.features(x).detach().requires_grad_(True)
+    pool_logits(m.head, f, "max")[0, 2].backward()
+    assert int((f.grad[0].abs().sum(0) > 0).sum()) == 1
+    # the option reaches both rounds' classifiers through the run configuration
+    cfg = RunCfg.from_params("smoke", cls_pooling="lse", cls_lse_r=2.0, num_train=16, num_val=4)
+    base = build_round_classifier(cfg, 4, load_pretrained=False)
+    assert (base.pooling, base.lse_r) == ("lse", 2.0)
+    splits = {k: v for k, v in load_splits(cfg).items() if k in ("train", "val")}
+    conf, x_m = ground_truth_ingredients(cfg, splits, feature_grid(base, cfg))
+    conta = build_round_classifier(cfg, splits["train"].num_classes, conf, load_pretrained=False).eval()
+    imgs, masks = torch.rand(2, 3, 64, 64), x_m["train"][:2].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(conta(imgs, masks), pool_logits(conta.head, conta.features(imgs, masks), "lse", 2.0))
+    with pytest.raises(ValueError, match="W-OoD's terms use the GAP features"):
+        pooled_features(conta, imgs, masks)
+    with pytest.raises(ValueError, match="cls_pooling must be one of"):
+        RunCfg.from_params("smoke", cls_pooling="mean")
+    with pytest.raises(ValueError, match="cls_lse_r must be > 0"):
+        RunCfg.from_params("smoke", cls_lse_r=0.0)
+    with pytest.raises(ValueError, match="finetune='wood' needs cls_pooling='gap'"):
+        RunCfg.from_params("smoke", cls_pooling="max", finetune="wood")
+
+
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 def test_tiny_padding_mode_hides_the_image_edges(mode):
     from conta_kit.config import RunCfg

@@ -48,6 +48,9 @@ def pooled_features(model: nn.Module, images: torch.Tensor,
 
     For a :class:`~conta_kit.methods.conta.ContaClassifier` (``x_m`` given) f(x) is the pooled [F ; M].
     """
+    pooling = getattr(getattr(model, "base", model), "pooling", "gap")
+    if pooling != "gap":
+        raise ValueError(f"W-OoD's terms use the GAP features the head sees; this classifier pools with {pooling!r}")
     fmap = model.features(images, x_m)
     f = fmap.mean(dim=(2, 3))
     return f, model.head(f[:, :, None, None]).flatten(1)

@@ -12,6 +12,7 @@ reproduce that bug (see :mod:`conta_kit.train`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,32 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..config import POOLINGS
 from ..io import load_torch
 from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_state, imagenet_state
 
 log = logging.getLogger(__name__)
 
 
+def pool_logits(head: nn.Module, f: torch.Tensor, pooling: str = "gap", lse_r: float = 5.0) -> torch.Tensor:
+    """Logits (B, C) from features (B, D, h, w) and a 1x1 ``head``.
+
+    "gap": ``head(GAP(f))`` (IRNet, CONTA: every cell's score counts alike); "max": the highest cell's score
+    of each class; "lse": log-sum-exp pooling of the class scores, ``log(mean(exp(r * s))) / r``, between the
+    mean (r -> 0) and the max (r -> inf). The CAM is ``head.weight`` applied to ``f`` under all three."""
+    if pooling == "gap":
+        return head(f.mean(dim=(2, 3), keepdim=True)).flatten(1)
+    s = head(f).flatten(2).float()  # (B, C, h * w)
+    if pooling == "max":
+        return s.amax(dim=-1)
+    if pooling == "lse":
+        return (torch.logsumexp(lse_r * s, dim=-1) - math.log(s.shape[-1])) / lse_r
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
 class Classifier(nn.Module):
-    """Multi-label classifier: ``logits = head(GAP(features(x)))``; CAM = ``head.weight`` applied to features.
+    """Multi-label classifier: ``logits = head(GAP(features(x)))`` (or another ``pooling`` of the class scores,
+    :func:`pool_logits`); CAM = ``head.weight`` applied to features.
 
     Inputs are images in [0, 1] (B, 3, H, W); ImageNet normalisation is a registered buffer.
 
@@ -36,13 +55,17 @@ class Classifier(nn.Module):
         freeze_bn: keep batch-norm statistics and affine parameters fixed (IRNet's FixedBatchNorm).
         freeze_stem: no gradient for the stem (IRNet freezes conv1/bn1).
         detach_until: name of the stage whose output is detached (IRNet: "layer2"), or None.
+        pooling, lse_r: see :func:`pool_logits` ("gap" by default, as IRNet's).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, freeze_bn: bool = False, freeze_stem: bool = False,
-                 detach_until: str | None = None) -> None:
+                 detach_until: str | None = None, pooling: str = "gap", lse_r: float = 5.0) -> None:
         super().__init__()
         if detach_until is not None and detach_until not in backbone.stages:
             raise ValueError(f"detach_until must be one of {backbone.stages} or None, got {detach_until!r}")
+        if pooling not in POOLINGS or not lse_r > 0:
+            raise ValueError(f"pooling must be one of {POOLINGS} and lse_r > 0, got {pooling!r}, {lse_r}")
+        self.pooling, self.lse_r = pooling, float(lse_r)
         self.backbone, self.num_classes = backbone, num_classes
         self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.head.weight)
@@ -98,9 +121,8 @@ class Classifier(nn.Module):
         return self.trunk(self.normalize(x))
 
     def forward(self, x: torch.Tensor, x_m: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) [, x_m ignored] -> logits (B, C): ``head(GAP(features))``."""
-        f = self.features(x, x_m)
-        return self.head(f.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        """(B, 3, H, W) [, x_m ignored] -> logits (B, C): ``head(GAP(features))`` (or ``pooling``)."""
+        return pool_logits(self.head, self.features(x, x_m), self.pooling, self.lse_r)
 
     def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Backbone parameters at lr x1, head at lr x ``head_lr_mult`` (IRNet: 10); frozen ones left out."""
@@ -112,7 +134,7 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
                      output_stride: int | None = None,
                      *, dilate: bool = True, freeze_bn: bool | None = None, freeze_stem: bool | None = None,
                      detach_until: str | None = "irnet", width: int = 32, padding_mode: str = "zeros",
-                     depth: int = 2) -> Classifier:
+                     depth: int = 2, pooling: str = "gap", lse_r: float = 5.0) -> Classifier:
     """Build a CAM classifier.
 
     Args:
@@ -130,6 +152,7 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
         width, padding_mode, depth: the "tiny" backbone's channel width, convolution border ("zeros", "reflect",
             "replicate") and number of convolutions in its last stage; the other backbones keep their own (only
             "zeros" and 2 are accepted for them).
+        pooling, lse_r: class scores -> logits (:func:`pool_logits`): "gap" (IRNet's), "max" or "lse".
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
@@ -163,4 +186,5 @@ def build_classifier(backbone: str, num_classes: int, pretrained: str | Path | N
     if detach_until == "irnet":
         detach_until = "layer2" if pretrained_trunk else None
     return Classifier(net, num_classes, freeze_bn=pretrained_trunk if freeze_bn is None else freeze_bn,
-                      freeze_stem=pretrained_trunk if freeze_stem is None else freeze_stem, detach_until=detach_until)
+                      freeze_stem=pretrained_trunk if freeze_stem is None else freeze_stem, detach_until=detach_until,
+                      pooling=pooling, lse_r=lse_r)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...models.classifier import Classifier
+from ...models.classifier import Classifier, pool_logits
 from ...models.inference import eval_mode
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,11 @@ class ContaClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, x_m: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W), (B, H', W') -> logits (B, C)."""
-        return self.head(self.features(x, x_m).mean(dim=(2, 3), keepdim=True)).flatten(1)
+        return pool_logits(self.head, self.features(x, x_m), self.base.pooling, self.base.lse_r)
 
     def logits_at(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Logits with a given M (B, 1, h, w)."""
-        return self.head(self.features_at(x, m).mean(dim=(2, 3), keepdim=True)).flatten(1)
+        return pool_logits(self.head, self.features_at(x, m), self.base.pooling, self.base.lse_r)
 
     def param_groups(self, head_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Backbone x1; the head, M's weights and the adjustment (W1, W2) x ``head_lr_mult`` (new layers)."""

@@ -29,6 +29,7 @@ def build_round_classifier(cfg: RunCfg, num_classes: int, confounders: Confounde
     b, c = cfg.baseline, cfg.conta
     model: torch.nn.Module = build_classifier(b.backbone, num_classes, width=b.cls_width, output_stride=b.output_stride,
                                               padding_mode=b.cls_padding, depth=b.cls_depth,
+                                              pooling=b.cls_pooling, lse_r=b.cls_lse_r,
                                               pretrained=b.pretrained if load_pretrained else None)
     if confounders is not None:
         if c.shuffle_prototypes:
