@@ -150,20 +150,25 @@ def reference_step(result: dict[str, Any]) -> str:
     return named[-1] if named else LADDER[-1][0]
 
 
-def table(result: dict[str, Any], with_geometry: bool = True, reference: str | None = None) -> str:
+def table(result: dict[str, Any], with_geometry: bool = True, reference: str | list[str] | None = None) -> str:
     """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score and the val
-    seed mIoU minus ``reference``'s (default :func:`reference_step`: the preset), paired by seed, then each
-    class's share of CAM peaks on its object and how far below the object they fall."""
+    seed mIoU minus ``reference``'s (default :func:`reference_step`: the preset), paired by seed (several names:
+    the first with a row for that arm and seed, for a preset scored under two names on two sets of seeds), the
+    oracle minus the baseline paired by seed, then each class's share of CAM peaks on its object and how far
+    below the object they fall."""
     from conta_kit.summary import markdown_table
 
-    rows, peaks, boxes, offsets, places = [], [], [], [], []
+    rows, peaks, boxes, offsets, places, gaps = [], [], [], [], [], []
     names = [r["name"] for r in result["ladder"]]
-    if reference is None:
-        reference = reference_step(result)
-    elif reference not in {r["recipe"] for r in result["rows"]}:
-        raise SystemExit(f"--reference: no rows of {reference!r}; the steps scored: "
+    refs = [reference_step(result)] if reference is None else [reference] if isinstance(reference, str) \
+        else list(reference)
+    missing = [n for n in refs if n not in {r["recipe"] for r in result["rows"]}]
+    if missing:
+        raise SystemExit(f"--reference: no rows of {missing[0]!r}; the steps scored: "
                          f"{sorted({r['recipe'] for r in result['rows']})}")
-    preset = {(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == reference}
+    preset: dict[tuple[str, int], float] = {}
+    for name in reversed(refs):  # the first name listed wins
+        preset.update({(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == name})
     classes = result["rows"][0]["classes"] if result["rows"] else []
     for name in names:
         for arm in ("baseline", "oracle"):
@@ -175,7 +180,7 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
                 "val_seed_miou", "val_ceiling_miou", "share_of_ceiling", "cam_peak_on_object", "cam_peak_in_box",
                 "cam_mass_in_object", "object_pixel_share")),
                 mean_std_cell([r["val_seed_miou"] - preset[arm, r["seed"]] for r in got if (arm, r["seed"]) in preset])
-                if name != reference else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
+                if name not in refs else "—", f"{sum(r['classifier_s'] for r in got) / len(got):.0f}"])
             per = [[r["cam_peak_on_object_per_class"][k] for r in got] for k in range(len(classes))]
             peaks.append([name, label, *(mean_std_cell(v) for v in per)])
             if all("cam_peak_in_box_per_class" in r for r in got):  # files made before the measure lack it
@@ -189,14 +194,20 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
                         continue
                     per = [[r["cam_peak_on_per_class"][place][k] for r in got] for k in range(len(classes))]
                     places.append([name, label, place, *(mean_std_cell(v) for v in per)])
+        gaps += oracle_minus_baseline(name, [r for r in result["rows"] if r["recipe"] == name])
     env = result["environment"]
     geo = markdown_table(["layout", "rho", "bits in the context's kind", "bits in its kind and extent"],
                          [[g["layout"], f"{g['rho']:g}", f"{g['kind_bits']:.3f}", f"{g['kind_and_extent_bits']:.3f}"]
                           for g in result.get("geometry", [])])
     head = ["recipe", "classifier trained at", "seeds", "val seed mIoU", "val ceiling", "share of ceiling",
             "CAM peak on object", "CAM peak in object's box", "CAM mass in object", "object pixel share",
-            f"val seed mIoU minus {reference}'s, paired by seed", "classifier s"]
-    text = (markdown_table(head, rows) + "\nShare of CAM peaks on the object, per class:\n\n"
+            f"val seed mIoU minus {' / '.join(refs)}'s, paired by seed", "classifier s"]
+    gap_head = ["recipe", "seeds", "val seed mIoU", "seeds the oracle is higher on", "CAM peak on object",
+                "CAM mass in object"]
+    text = (markdown_table(head, rows)
+            + ("\nThe oracle minus the baseline, paired by seed (mean ± std over seeds):\n\n"
+               + markdown_table(gap_head, gaps) if gaps else "")
+            + "\nShare of CAM peaks on the object, per class:\n\n"
             + markdown_table(["recipe", "classifier trained at", *classes], peaks)
             + ("\nShare of CAM peaks in the object's box (the pointing game, no tolerance), per class:\n\n"
                + markdown_table(["recipe", "classifier trained at", *classes], boxes) if boxes else "")
@@ -210,6 +221,23 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | N
         return text
     return (text + "\nWhat a context's geometry tells about the class (mutual information with the class, 1,500 "
             "images at 32 px; at rho 0.1 the context is drawn at chance, as for the oracle):\n\n" + geo)
+
+
+def oracle_minus_baseline(name: str, rows: list[dict[str, Any]]) -> list[list[str]]:
+    """One table row (or none, where no seed has both arms): the oracle's scores minus the baseline's, paired by
+    seed, and on how many seeds the oracle's val seed mIoU is the higher."""
+    arms = {(r["arm"], r["seed"]): r for r in rows}
+    seeds = sorted({s for a, s in arms if a == "baseline" and ("oracle", s) in arms})
+    if not seeds:
+        return []
+
+    def diff(key: str) -> list[float | None]:
+        pairs = [(arms["oracle", s].get(key), arms["baseline", s].get(key)) for s in seeds]
+        return [None if o is None or b is None else o - b for o, b in pairs]
+
+    higher = sum(d > 0 for d in diff("val_seed_miou") if d is not None)
+    return [[name, str(len(seeds)), mean_std_cell(diff("val_seed_miou")), f"{higher} of {len(seeds)}",
+             mean_std_cell(diff("cam_peak_on_object")), mean_std_cell(diff("cam_mass_in_object"))]]
 
 
 def geometry(rho: float, num_images: int = 1500) -> list[dict[str, Any]]:
@@ -245,9 +273,10 @@ def main() -> None:
     ap.add_argument("--update", default=None, help="with --markdown: rewrite this file's --block")
     ap.add_argument("--block", default="recipe-health", help="with --update: the block's name (default recipe-health)")
     ap.add_argument("--no-geometry", action="store_true", help="with --markdown: leave out the context geometry table")
-    ap.add_argument("--reference", default=None, metavar="STEP",
+    ap.add_argument("--reference", nargs="+", default=None, metavar="STEP",
                     help="with --markdown: the step the paired differences are taken against (default: the last "
-                         "step of the ladder that has rows, the preset the file was made with)")
+                         "step of the ladder that has rows, the preset the file was made with); several: per arm "
+                         "and seed the first that has a row (one recipe scored under two names)")
     args = ap.parse_args()
     if args.markdown:
         from pathlib import Path

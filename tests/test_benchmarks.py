@@ -205,16 +205,25 @@ def test_recipe_ladder_scores_baseline_and_oracle_on_val_and_tabulates(tmp_path)
     # files, and in the table of what the other peaks lie on one row per arm and place
     from conta_kit.cam.diagnostics import PEAK_PLACES
 
-    assert text.count("| +aug_shift=5 |") == 8 + 2 * (len(PEAK_PLACES) - 1)
+    assert text.count("| +aug_shift=5 |") == 8 + 1 + 2 * (len(PEAK_PLACES) - 1)
+    # the oracle minus the baseline, paired by seed (one seed here: no spread)
+    gap = rows[5]["val_seed_miou"] - rows[4]["val_seed_miou"]
+    assert f"| +aug_shift=5 | 1 | {gap:.3f} | {int(gap > 0)} of 1 |" in text
     assert "in the object's box (the pointing game" in text and "| +aug_shift=5 | rho 0.5 | paired context |" in text
     # the paired differences against a step named with --reference (default: the last ladder step scored)
     assert "minus +strip's" in text
     diff = rows[4]["val_seed_miou"] - rows[0]["val_seed_miou"]  # +aug_shift=5 minus prior, baseline, seed 0
-    for ref, said in (("prior", f"{diff:.3f}"), ("+nothing", "--reference: no rows of '+nothing'")):
+    for ref, said in ((["prior"], f"{diff:.3f}"), (["prior", "+nothing"], "--reference: no rows of '+nothing'"),
+                      (["+nothing"], "--reference: no rows of '+nothing'")):
         proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out), "--reference",
-                               ref], capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert said in (proc.stdout if ref == "prior" else proc.stderr), (proc.stdout + proc.stderr)[-2000:]
-        assert (proc.returncode == 0) == (ref == "prior")
+                               *ref], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert said in (proc.stdout if ref == ["prior"] else proc.stderr), (proc.stdout + proc.stderr)[-2000:]
+        assert (proc.returncode == 0) == (ref == ["prior"])
+    # several reference names: per arm and seed the first that has a row (+strip's rows win over prior's)
+    proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out), "--reference",
+                           "+strip", "prior"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "minus +strip / prior's" in proc.stdout
+    assert f"{rows[4]['val_seed_miou'] - rows[2]['val_seed_miou']:.3f}" in proc.stdout
     other["rows"][0]["val_seed_miou"] += 0.1
     (tmp_path / "other.json").write_text(json.dumps(other))
     proc = subprocess.run([sys.executable, str(BENCH / "recipe_health.py"), "--markdown", str(out),
