@@ -242,7 +242,8 @@ class ContaCfg:
 
     Attributes:
         rounds: T, the last round (0 = the baseline only).
-        adjustment: "backdoor" (CONTA's M) or "raw_mask" (reviewer's baseline: fuse x_m itself).
+        adjustment: "backdoor" (CONTA's M), "raw_mask" (reviewer's baseline: fuse x_m itself) or "zero" (M = 0:
+            the retrain control, the adjusted classifier's architecture and training with nothing fused).
         fusion: where M is concatenated: "penultimate" (the stage before the last, so M passes a conv + BN +
             ReLU before the CAM head; the kit's default), "last" (concatenated before the bias-free 1x1 head
             and GAP, the paper's literal "block 5": the logits then see M only through GAP(M) and the
@@ -295,7 +296,7 @@ class ContaCfg:
     parallel_arms: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"adjustment": ("backdoor", "raw_mask"), "prior": ("uniform", "freq"),
+        choices = {"adjustment": ("backdoor", "raw_mask", "zero"), "prior": ("uniform", "freq"),
                    "m_scale": ("paper", "convex", "max"), "xm": ("fg_prob", "fg_binary"),
                    "present": ("label", "pred"), "init": ("scratch", "previous"),
                    "fusion_init": ("zero", "normal"), "attn_init": ("official", "scaled", "match")}

@@ -151,6 +151,29 @@ def _conta(fusion="last", kind="backdoor", backbone="tiny", classes=4, grid=(6, 
     return ContaClassifier(base, adj, fusion=fusion).eval(), reference
 
 
+@pytest.mark.parametrize("fusion", ["last", "layer2", "input"])
+def test_zero_adjustment_fuses_nothing_whatever_the_weights(fusion):
+    from conta_kit.config import RunCfg
+    from conta_kit.methods.conta import ZeroFusion, build_adjustment
+
+    base = build_classifier("tiny", 4, width=8)
+    reference = copy.deepcopy(base).eval()
+    cs = ConfounderSet(torch.rand(4, 6, 6), torch.full((4,), 0.25), torch.ones(4, dtype=torch.long),
+                       torch.arange(1, 5))
+    adj = build_adjustment("zero", cs)
+    assert isinstance(adj, ZeroFusion)
+    model = ContaClassifier(base, adj, fusion=fusion, fusion_init="normal").eval()  # random weights for M
+    x, x_m = torch.rand(3, 3, 48, 40), torch.rand(3, 48, 40)
+    m, alpha = model.adjust(x_m)
+    assert alpha is None and m.shape == (3, 1, 6, 6) and not m.any()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, x_m), reference(x), atol=1e-6, rtol=0)
+        assert torch.equal(model(x, x_m), model(x, torch.ones_like(x_m)))  # x_m is never read
+    assert RunCfg.from_params("smoke", adjustment="zero").conta.adjustment == "zero"
+    with pytest.raises(ValueError, match="'backdoor', 'raw_mask' or 'zero'"):
+        build_adjustment("none", cs)
+
+
 @pytest.mark.parametrize("fusion", ["last", "layer3", "layer1", "stem", "input"])
 def test_zero_initialised_m_weight_reproduces_the_baseline_logits(fusion):
     model, reference = _conta(fusion)

@@ -15,9 +15,9 @@ the classifier as one extra channel. Code map: :func:`build_confounder_set` (C, 
 :class:`BackdoorAdjustment` (alpha, M), :class:`ContaClassifier` (f(X, M) and the CAM).
 """
 
-from .adjustment import BackdoorAdjustment, RawMaskFusion, attention_statistics, build_adjustment
+from .adjustment import BackdoorAdjustment, RawMaskFusion, ZeroFusion, attention_statistics, build_adjustment
 from .classifier import ContaClassifier
 from .confounders import ConfounderSet, build_confounder_set, prototype_quality, to_grid
 
-__all__ = ["BackdoorAdjustment", "ConfounderSet", "ContaClassifier", "RawMaskFusion", "attention_statistics",
-           "build_adjustment", "build_confounder_set", "prototype_quality", "to_grid"]
+__all__ = ["BackdoorAdjustment", "ConfounderSet", "ContaClassifier", "RawMaskFusion", "ZeroFusion",
+           "attention_statistics", "build_adjustment", "build_confounder_set", "prototype_quality", "to_grid"]

@@ -126,13 +126,30 @@ class RawMaskFusion(nn.Module):
         return to_grid(x_m, self.grid)[:, None], None
 
 
+class ZeroFusion(nn.Module):
+    """The retrain control: M = 0 for every image. The adjusted classifier keeps its fused architecture and its
+    training; only what M carries is gone, so a round with it measures what retraining alone moves."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+
+    def forward(self, x_m: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if x_m.dim() != 3:
+            raise ValueError(f"x_m must be (B, H, W), got {tuple(x_m.shape)}")
+        return x_m.new_zeros(x_m.shape[0], 1, *self.grid), None
+
+
 def build_adjustment(kind: str, confounders: ConfounderSet, **kwargs: Any) -> nn.Module:
-    """"backdoor" -> :class:`BackdoorAdjustment`; "raw_mask" -> :class:`RawMaskFusion` (on the set's grid)."""
+    """"backdoor" -> :class:`BackdoorAdjustment`; "raw_mask" -> :class:`RawMaskFusion` (on the set's grid);
+    "zero" -> :class:`ZeroFusion` (M = 0: the retrain control)."""
     if kind == "backdoor":
         return BackdoorAdjustment(confounders, **kwargs)
     if kind == "raw_mask":
         return RawMaskFusion(confounders.grid)
-    raise ValueError(f"adjustment must be 'backdoor' or 'raw_mask', got {kind!r}")
+    if kind == "zero":
+        return ZeroFusion(confounders.grid)
+    raise ValueError(f"adjustment must be 'backdoor', 'raw_mask' or 'zero', got {kind!r}")
 
 
 @torch.no_grad()
