@@ -126,18 +126,12 @@ class RawMaskFusion(nn.Module):
         return to_grid(x_m, self.grid)[:, None], None
 
 
-class ZeroFusion(nn.Module):
+class ZeroFusion(RawMaskFusion):
     """The retrain control: M = 0 for every image. The adjusted classifier keeps its fused architecture and its
     training; only what M carries is gone, so a round with it measures what retraining alone moves."""
 
-    def __init__(self, grid: tuple[int, int]) -> None:
-        super().__init__()
-        self.grid = tuple(grid)
-
     def forward(self, x_m: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if x_m.dim() != 3:
-            raise ValueError(f"x_m must be (B, H, W), got {tuple(x_m.shape)}")
-        return x_m.new_zeros(x_m.shape[0], 1, *self.grid), None
+        return torch.zeros_like(super().forward(x_m)[0]), None
 
 
 def build_adjustment(kind: str, confounders: ConfounderSet, **kwargs: Any) -> nn.Module:
