@@ -150,7 +150,7 @@ def reference_step(result: dict[str, Any]) -> str:
     return named[-1] if named else LADDER[-1][0]
 
 
-def table(result: dict[str, Any], with_geometry: bool = True, reference: str | list[str] | None = None) -> str:
+def table(result: dict[str, Any], with_geometry: bool = True, reference: list[str] | None = None) -> str:
     """The markdown tables of a result: per recipe and arm, mean (± std over seeds) of every score and the val
     seed mIoU minus ``reference``'s (default :func:`reference_step`: the preset), paired by seed (several names:
     the first with a row for that arm and seed, for a preset scored under two names on two sets of seeds), the
@@ -160,12 +160,11 @@ def table(result: dict[str, Any], with_geometry: bool = True, reference: str | l
 
     rows, peaks, boxes, offsets, places, gaps = [], [], [], [], [], []
     names = [r["name"] for r in result["ladder"]]
-    refs = [reference_step(result)] if reference is None else [reference] if isinstance(reference, str) \
-        else list(reference)
-    missing = [n for n in refs if n not in {r["recipe"] for r in result["rows"]}]
+    refs = list(reference) if reference else [reference_step(result)]
+    scored = {r["recipe"] for r in result["rows"]}
+    missing = [n for n in refs if n not in scored]
     if missing:
-        raise SystemExit(f"--reference: no rows of {missing[0]!r}; the steps scored: "
-                         f"{sorted({r['recipe'] for r in result['rows']})}")
+        raise SystemExit(f"--reference: no rows of {missing[0]!r}; the steps scored: {sorted(scored)}")
     preset: dict[tuple[str, int], float] = {}
     for name in reversed(refs):  # the first name listed wins
         preset.update({(r["arm"], r["seed"]): r["val_seed_miou"] for r in result["rows"] if r["recipe"] == name})
@@ -235,8 +234,9 @@ def oracle_minus_baseline(name: str, rows: list[dict[str, Any]]) -> list[list[st
         pairs = [(arms["oracle", s].get(key), arms["baseline", s].get(key)) for s in seeds]
         return [None if o is None or b is None else o - b for o, b in pairs]
 
-    higher = sum(d > 0 for d in diff("val_seed_miou") if d is not None)
-    return [[name, str(len(seeds)), mean_std_cell(diff("val_seed_miou")), f"{higher} of {len(seeds)}",
+    seed_miou = diff("val_seed_miou")
+    higher = sum(d > 0 for d in seed_miou if d is not None)
+    return [[name, str(len(seeds)), mean_std_cell(seed_miou), f"{higher} of {len(seeds)}",
              mean_std_cell(diff("cam_peak_on_object")), mean_std_cell(diff("cam_mass_in_object"))]]
 
 
